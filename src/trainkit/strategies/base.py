@@ -1,0 +1,203 @@
+"""``Strategy``: the process topology, and the one chain every training step goes through.
+
+A Strategy owns its Precision and its CheckpointIO. The loops talk to the model only through
+these methods, so they never branch on the backend: DDP overrides ``no_backward_sync`` and the
+collectives, FSDP the state-dict methods, DeepSpeed ``backward`` and ``optimizer_step``, XLA the
+device loader. On one process every collective is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from lightning_utilities.core.apply_func import apply_to_collection
+from torch import nn
+from torch.optim import Optimizer
+
+from trainkit.checkpoint.io import CheckpointIO
+from trainkit.precision.base import Precision
+
+__all__ = ["ReduceOp", "Strategy"]
+
+ReduceOp = str  # "sum" | "mean" | "max" | "min"
+
+
+class Strategy(ABC):
+    """Base class of every strategy; the single-process defaults live here."""
+
+    def __init__(self, precision: Precision | None = None, checkpoint_io: CheckpointIO | None = None) -> None:
+        self._precision = precision if precision is not None else Precision()
+        self._checkpoint_io = checkpoint_io
+
+    # --------------------------------------------------------------- components
+    @property
+    def precision(self) -> Precision:
+        return self._precision
+
+    @precision.setter
+    def precision(self, precision: Precision) -> None:
+        self._precision = precision
+
+    @property
+    def checkpoint_io(self) -> CheckpointIO:
+        if self._checkpoint_io is None:
+            from trainkit.checkpoint.safetensors_io import SafetensorsCheckpointIO
+
+            self._checkpoint_io = SafetensorsCheckpointIO()
+        return self._checkpoint_io
+
+    @checkpoint_io.setter
+    def checkpoint_io(self, io: CheckpointIO) -> None:
+        self._checkpoint_io = io
+
+    # ----------------------------------------------------------------- topology
+    @property
+    @abstractmethod
+    def root_device(self) -> torch.device:
+        """The device this process computes on."""
+
+    @property
+    def global_rank(self) -> int:
+        return 0
+
+    @property
+    def local_rank(self) -> int:
+        return 0
+
+    @property
+    def node_rank(self) -> int:
+        return 0
+
+    @property
+    def world_size(self) -> int:
+        return 1
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.global_rank == 0
+
+    @property
+    def is_local_zero(self) -> bool:
+        return self.local_rank == 0
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict[str, int] | None:
+        """``num_replicas``/``rank`` for a DistributedSampler, or None on one process."""
+        return None
+
+    # -------------------------------------------------------------------- setup
+    def setup_environment(self) -> None:
+        """Pick the device, start the process group, apply the precision's global flags."""
+        self.precision.setup(self.root_device)
+
+    def setup(
+        self, model: nn.Module, optimizer: Optimizer | None = None, scheduler: Any = None
+    ) -> tuple[nn.Module, Optimizer | None, Any]:
+        """Move (and wrap, in subclasses) the model; return model, optimizer, scheduler to use."""
+        return self.setup_module(model), optimizer, scheduler
+
+    def setup_module(self, model: nn.Module) -> nn.Module:
+        model = self.precision.convert_module(model)
+        return model.to(self.root_device)
+
+    def process_dataloader(self, dataloader: Iterable[Any]) -> Iterable[Any]:
+        """Wrap a DataLoader for this backend (a device loader on XLA)."""
+        return dataloader
+
+    def batch_to_device(self, batch: Any, device: torch.device | None = None) -> Any:
+        """Move every tensor of a (nested) batch to the device, casting inputs as the precision needs."""
+        target = device or self.root_device
+        non_blocking = target.type == "cuda"
+        moved = apply_to_collection(batch, torch.Tensor, lambda t: t.to(target, non_blocking=non_blocking))
+        return self.precision.convert_input(moved)
+
+    def unwrap_model(self, model: nn.Module) -> nn.Module:
+        """The user's module inside whatever wrapper this strategy added."""
+        while hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        return getattr(model, "_orig_mod", model)
+
+    # --------------------------------------------------------------------- step
+    def forward_context(self) -> contextlib.AbstractContextManager[Any]:
+        return self.precision.forward_context()
+
+    def eval_context(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
+        return self.precision.eval_context(self.unwrap_model(model))
+
+    def backward(self, loss: torch.Tensor, model: nn.Module) -> None:
+        loss = self.precision.pre_backward(loss, model)
+        self.precision.backward(loss, model)
+        self.precision.post_backward(loss, model)
+
+    def no_backward_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+        """Skip the gradient all-reduce inside the block when ``enabled`` (no-op on one process)."""
+        return contextlib.nullcontext()
+
+    def clip_gradients(self, model: nn.Module, optimizer: Optimizer, max_norm: float) -> torch.Tensor:
+        """Unscale gradients, clip their global norm to ``max_norm``; return the norm before clipping."""
+        self.precision.unscale_gradients(optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    def optimizer_step(self, optimizer: Optimizer, model: nn.Module | None = None) -> bool:
+        """Step the optimizer through the precision; False when the step was skipped."""
+        return self.precision.optimizer_step(optimizer)
+
+    def zero_grad(self, optimizer: Optimizer, model: nn.Module | None = None) -> None:
+        optimizer.zero_grad(set_to_none=True)
+
+    # -------------------------------------------------------------- collectives
+    def all_reduce(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> torch.Tensor:
+        """Reduce ``tensor`` over all processes (identity on one process)."""
+        return tensor
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Stack ``tensor`` from every process along a new first dimension."""
+        return tensor.unsqueeze(0)
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        return [obj]
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        return obj
+
+    def barrier(self, name: str | None = None) -> None:
+        """Wait for every process."""
+
+    def reduce_boolean_decision(self, decision: bool | torch.Tensor, all: bool = True) -> bool:
+        """True when every process (``all=True``) or any process decided True."""
+        return bool(decision)
+
+    # ------------------------------------------------------------------- state
+    def model_state_dict(self, model: nn.Module) -> dict[str, Any]:
+        """The full state dict of the user's module (gathered where the model is sharded)."""
+        return self.unwrap_model(model).state_dict()
+
+    def load_model_state_dict(self, model: nn.Module, state: dict[str, Any], strict: bool = True) -> Any:
+        return self.unwrap_model(model).load_state_dict(state, strict=strict)
+
+    def optimizer_state_dict(self, optimizer: Optimizer) -> dict[str, Any]:
+        return optimizer.state_dict()
+
+    def load_optimizer_state_dict(self, optimizer: Optimizer, state: dict[str, Any]) -> None:
+        optimizer.load_state_dict(state)
+
+    def save_checkpoint(self, path: Any, state: dict[str, Any]) -> None:
+        """Write a checkpoint through the CheckpointIO (from the process that should write)."""
+        if self.is_global_zero:
+            self.checkpoint_io.save(state, path)
+        self.barrier("save_checkpoint")
+
+    def load_checkpoint(self, path: Any) -> dict[str, Any]:
+        return self.checkpoint_io.load(path, map_location="cpu")
+
+    # ------------------------------------------------------------------ teardown
+    def teardown(self) -> None:
+        """Restore the precision's global flags and release the IO."""
+        self.precision.teardown()
+        if self._checkpoint_io is not None:
+            self._checkpoint_io.teardown()
