@@ -25,6 +25,23 @@ _EXPORTS: dict[str, str] = {
     "FSDPOption": "trainkit.options",
     "HubStrategy": "trainkit.options",
     "UnsupportedArgumentError": "trainkit.args_support",
+    "Trainer": "trainkit.trainer",
+    "TrainerState": "trainkit.state",
+    "TrainerControl": "trainkit.state",
+    "TrainerCallback": "trainkit.callbacks.base",
+    "CallbackHandler": "trainkit.callbacks.base",
+    "DefaultFlowCallback": "trainkit.callbacks.flow",
+    "ProgressCallback": "trainkit.callbacks.progress",
+    "PrinterCallback": "trainkit.callbacks.progress",
+    "EarlyStoppingCallback": "trainkit.callbacks.early_stopping",
+    "TrainOutput": "trainkit.trainer_utils",
+    "PredictionOutput": "trainkit.trainer_utils",
+    "EvalPrediction": "trainkit.trainer_utils",
+    "default_data_collator": "trainkit.data.collators",
+    "DataCollatorWithPadding": "trainkit.data.collators",
+    "Strategy": "trainkit.strategies.base",
+    "SingleDeviceStrategy": "trainkit.strategies.single_device",
+    "Precision": "trainkit.precision.base",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -32,6 +49,11 @@ __all__ = ["__version__", *_EXPORTS]
 if TYPE_CHECKING:
     from trainkit.args import TrainingArguments
     from trainkit.args_support import UnsupportedArgumentError
+    from trainkit.callbacks.base import CallbackHandler, TrainerCallback
+    from trainkit.callbacks.early_stopping import EarlyStoppingCallback
+    from trainkit.callbacks.flow import DefaultFlowCallback
+    from trainkit.callbacks.progress import PrinterCallback, ProgressCallback
+    from trainkit.data.collators import DataCollatorWithPadding, default_data_collator
     from trainkit.options import (
         FSDPOption,
         HubStrategy,
@@ -41,7 +63,13 @@ if TYPE_CHECKING:
         SchedulerType,
     )
     from trainkit.parser import ArgumentParser, HfArgumentParser
+    from trainkit.precision.base import Precision
     from trainkit.registry import Registry
+    from trainkit.state import TrainerControl, TrainerState
+    from trainkit.strategies.base import Strategy
+    from trainkit.strategies.single_device import SingleDeviceStrategy
+    from trainkit.trainer import Trainer
+    from trainkit.trainer_utils import EvalPrediction, PredictionOutput, TrainOutput
     from trainkit.utils.seed import enable_full_determinism, set_seed
 
 

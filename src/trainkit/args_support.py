@@ -24,7 +24,7 @@ __all__ = [
 
 # Issues whose features are on main. A "supported" field whose issue is not listed here is
 # refused (when set to a non-default value) with a message naming the issue.
-IMPLEMENTED_ISSUES: frozenset[int] = frozenset({2})
+IMPLEMENTED_ISSUES: frozenset[int] = frozenset({2, 5})
 
 
 class UnsupportedArgumentError(ValueError):
@@ -89,8 +89,8 @@ FIELD_SUPPORT: dict[str, FieldSupport] = {
     "logging_first_step": _s(5, "Logs step 1."),
     "logging_steps": _s(5, "Int, or a float in (0, 1) as a ratio of total steps."),
     "logging_nan_inf_filter": _s(5, "Non-finite losses are left out of the logged loss (the step is skipped anyway)."),
-    "save_strategy": _s(7, "'no' / 'steps' / 'epoch' / 'best'."),
-    "save_steps": _s(7, "Int, or a float in (0, 1) as a ratio of total steps."),
+    "save_strategy": _s(5, "'no' / 'steps' / 'epoch' / 'best'."),
+    "save_steps": _s(5, "Int, or a float in (0, 1) as a ratio of total steps."),
     "save_total_limit": _s(7, "Rotation that never deletes the latest or the best checkpoint."),
     "save_safetensors": _s(7, "False saves torch pickles (loaded with weights_only=True)."),
     "save_on_each_node": _s(7, "Each node's local main process writes."),

@@ -38,6 +38,9 @@ class Precision:
     """Full fp32 precision (optionally with TF32 matmuls); the base of every precision mode."""
 
     name = "fp32"
+    # Capability: True when optimizer_step itself detects inf/NaN gradients and skips (a GradScaler),
+    # so the loop leaves gradient overflow to it rather than skipping on a non-finite gradient norm.
+    skips_nonfinite_gradients = False
 
     def __init__(self, tf32: bool | None = None) -> None:
         self.tf32 = tf32
@@ -100,6 +103,10 @@ class Precision:
         """Step the optimizer; return False when the step was skipped (inf/NaN gradients)."""
         optimizer.step()
         return True
+
+    def skip_step(self, optimizer: Optimizer) -> None:
+        """The caller skips this step (a non-finite loss): settle any per-step state (a scaler's update)."""
+        self.skipped_steps += 1
 
     # ------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

@@ -97,12 +97,24 @@ class Strategy(ABC):
     def setup(
         self, model: nn.Module, optimizer: Optimizer | None = None, scheduler: Any = None
     ) -> tuple[nn.Module, Optimizer | None, Any]:
-        """Move (and wrap, in subclasses) the model; return model, optimizer, scheduler to use."""
-        return self.setup_module(model), optimizer, scheduler
+        """``setup_module`` then ``setup_optimizers``: the model, optimizer and scheduler to use.
+
+        Strategies that replace parameters (FSDP2) need the optimizer built from the module that
+        ``setup_module`` returns; hand-written loops on such strategies call the two phases apart.
+        """
+        model = self.setup_module(model)
+        return self.setup_optimizers(model, optimizer, scheduler)
 
     def setup_module(self, model: nn.Module) -> nn.Module:
+        """Cast for the precision, move to the device, and wrap (DDP) or shard (FSDP) in subclasses."""
         model = self.precision.convert_module(model)
         return model.to(self.root_device)
+
+    def setup_optimizers(
+        self, model: nn.Module, optimizer: Optimizer | None, scheduler: Any
+    ) -> tuple[nn.Module, Optimizer | None, Any]:
+        """Attach the optimizer and scheduler (DeepSpeed builds its engine here); identity by default."""
+        return model, optimizer, scheduler
 
     def process_dataloader(self, dataloader: Iterable[Any]) -> Iterable[Any]:
         """Wrap a DataLoader for this backend (a device loader on XLA)."""
@@ -146,6 +158,11 @@ class Strategy(ABC):
     def optimizer_step(self, optimizer: Optimizer, model: nn.Module | None = None) -> bool:
         """Step the optimizer through the precision; False when the step was skipped."""
         return self.precision.optimizer_step(optimizer)
+
+    def skip_optimizer_step(self, optimizer: Optimizer, model: nn.Module | None = None) -> bool:
+        """Skip this step's update (the loop found a non-finite loss); always returns False."""
+        self.precision.skip_step(optimizer)
+        return False
 
     def zero_grad(self, optimizer: Optimizer, model: nn.Module | None = None) -> None:
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,414 @@
+"""``Trainer``: transformers' Trainer API as a thin facade over trainkit's components.
+
+It wires the Strategy, Precision, CheckpointIO, registries and callbacks built from
+``TrainingArguments`` (objects passed in win) and delegates the work to the loops. Subclass
+hooks (``compute_loss``, ``training_step``, ``create_optimizer``, ...) change *what* happens;
+callbacks decide *when*.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from trainkit.args import TrainingArguments
+from trainkit.callbacks import CallbackHandler, DefaultFlowCallback, PrinterCallback, ProgressCallback, TrainerCallback
+from trainkit.data.collators import (
+    DataCollatorWithPadding,
+    RemoveColumnsCollator,
+    default_data_collator,
+    forward_parameters,
+)
+from trainkit.data.loaders import build_train_dataloader, lengths_of
+from trainkit.factory import build_components
+from trainkit.loops import step as step_math
+from trainkit.loops.model_features import LabelSmoother, accepts_num_items_in_batch, extract_loss, is_causal_lm
+from trainkit.state import TrainerControl, TrainerState
+from trainkit.trainer_metrics import MetricsReportingMixin
+from trainkit.trainer_utils import TrainOutput, has_length
+from trainkit.utils.logging import get_logger
+from trainkit.utils.memory import MemoryTracker
+from trainkit.utils.seed import enable_full_determinism, set_seed
+
+__all__ = ["Trainer"]
+
+logger = get_logger(__name__)
+
+
+def _default_label_names(model: nn.Module | None) -> list[str]:
+    """transformers' ``find_labels``: forward parameters whose name contains 'label' (else ['labels'])."""
+    if model is None:
+        return ["labels"]
+    names, _ = forward_parameters(model)
+    if "start_positions" in names and "end_positions" in names:
+        return ["start_positions", "end_positions"]
+    found = [n for n in names if "label" in n]
+    return found or ["labels"]
+
+
+class Trainer(MetricsReportingMixin):
+    """Train, evaluate and predict with transformers' Trainer API."""
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: TrainingArguments | None = None,
+        data_collator: Callable[[list[Any]], Any] | None = None,
+        train_dataset: Dataset[Any] | IterableDataset[Any] | None = None,
+        eval_dataset: Dataset[Any] | dict[str, Dataset[Any]] | None = None,
+        processing_class: Any = None,
+        model_init: Callable[..., nn.Module] | None = None,
+        compute_metrics: Callable[..., dict[str, float]] | Any = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple[torch.optim.Optimizer | None, Any] = (None, None),
+        preprocess_logits_for_metrics: Callable[[Any, Any], Any] | None = None,
+        *,
+        compute_loss_func: Callable[..., torch.Tensor] | None = None,
+        tokenizer: Any = None,
+        strategy: Any = None,
+        precision: Any = None,
+        checkpoint_io: Any = None,
+    ) -> None:
+        self.args = args if args is not None else TrainingArguments(output_dir="tmp_trainer")
+        self._memory_tracker = MemoryTracker(skip=self.args.skip_memory_metrics)
+        self._memory_tracker.start("init")
+        self._seed()
+        self.model_init = model_init
+        if model is None:
+            if model_init is None:
+                raise ValueError("Trainer needs a model or a model_init function.")
+            model = self.call_model_init()
+        elif model_init is not None:
+            raise ValueError("Pass either a model or a model_init function to the Trainer, not both.")
+        if model_init is not None and optimizers != (None, None):
+            raise ValueError("A model_init builds a new model per train(): it cannot share the optimizers passed.")
+        components = build_components(self.args, strategy=strategy, precision=precision, checkpoint_io=checkpoint_io)
+        self.strategy = components.strategy
+        self.strategy.setup_environment()
+        self.model: nn.Module = model
+        self.model_wrapped: nn.Module = model
+        self._wrapped_for: nn.Module | None = None
+        self._compiled = False
+        self.processing_class = processing_class if processing_class is not None else tokenizer
+        if data_collator is None:
+            has_pad = self.processing_class is not None and hasattr(self.processing_class, "pad")
+            data_collator = DataCollatorWithPadding(self.processing_class) if has_pad else default_data_collator
+        self.data_collator = data_collator
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        self.compute_metrics = compute_metrics
+        self.compute_loss_func = compute_loss_func
+        self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
+        self.optimizer, self.lr_scheduler = optimizers
+        self.label_names = list(self.args.label_names) if self.args.label_names else _default_label_names(model)
+        self.model_accepts_loss_kwargs = accepts_num_items_in_batch(model)
+        eps = self.args.label_smoothing_factor
+        self.label_smoother = LabelSmoother(epsilon=eps) if eps > 0 else None
+        self._check_eval_setup()
+        self.state = TrainerState(
+            is_local_process_zero=self.is_local_process_zero(), is_world_process_zero=self.is_world_process_zero()
+        )
+        self.control = TrainerControl()
+        self.callback_handler = CallbackHandler(
+            self._default_callbacks(callbacks), model, self.processing_class, self.optimizer, self.lr_scheduler
+        )
+        self._current_window: step_math.Window | None = None
+        self._past: Any = None
+        self._neftune_hook: Any = None
+        self._tokens_local = 0
+        self._tokens_seen_this_run = 0
+        self._current_flos = 0.0
+        self._samples_local = 0
+        self.is_in_train = False
+        self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
+        self._memory_tracker.stop("init")
+
+    # ------------------------------------------------------------------- setup
+    def _seed(self) -> None:
+        if self.args.full_determinism:
+            enable_full_determinism(self.args.seed)
+        else:
+            set_seed(self.args.seed)
+
+    def call_model_init(self, trial: Any = None) -> nn.Module:
+        assert self.model_init is not None
+        model = self.model_init(trial) if self.model_init.__code__.co_argcount == 1 else self.model_init()
+        if model is None:
+            raise RuntimeError("model_init returned None; it must return an nn.Module")
+        return model
+
+    def _check_eval_setup(self) -> None:
+        if str(self.args.eval_strategy) != "no" and self.eval_dataset is None:
+            raise ValueError(
+                f"eval_strategy={str(self.args.eval_strategy)!r} needs an eval_dataset: pass eval_dataset to the "
+                "Trainer or set eval_strategy='no'."
+            )
+
+    def _default_callbacks(self, callbacks: list[TrainerCallback] | None) -> list[TrainerCallback]:
+        from trainkit.loggers import build_logger_callbacks
+
+        progress = PrinterCallback() if self.args.disable_tqdm else ProgressCallback()
+        return [DefaultFlowCallback(), *build_logger_callbacks(self.args), *(callbacks or []), progress]
+
+    def add_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
+        self.callback_handler.add_callback(callback)
+
+    def pop_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> TrainerCallback | None:
+        return self.callback_handler.pop_callback(callback)
+
+    def remove_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
+        self.callback_handler.remove_callback(callback)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processing_class
+
+    @property
+    def precision(self) -> Any:
+        return self.strategy.precision
+
+    def is_local_process_zero(self) -> bool:
+        return self.strategy.is_local_zero
+
+    def is_world_process_zero(self) -> bool:
+        return self.strategy.is_global_zero
+
+    # -------------------------------------------------------------------- data
+    def _collator(self, dataset: Any, description: str) -> Callable[[list[Any]], Any]:
+        if not self.args.remove_unused_columns:
+            return self.data_collator
+        names, var_kw = forward_parameters(self.strategy.unwrap_model(self.model))
+        if var_kw:
+            return self.data_collator
+        keep = names | set(self.label_names) | {"label", "label_ids"}
+        return RemoveColumnsCollator(self.data_collator, keep, description)
+
+    def get_train_dataloader(self) -> DataLoader[Any]:
+        if self.train_dataset is None:
+            raise ValueError("Trainer.train() needs a train_dataset: pass train_dataset=... to the Trainer.")
+        dataset = self.train_dataset
+        lengths = None
+        if self.args.group_by_length and not isinstance(dataset, IterableDataset):
+            input_name = getattr(self.model, "main_input_name", "input_ids")
+            lengths = lengths_of(dataset, self.args.length_column_name, input_name)
+        return build_train_dataloader(
+            dataset,
+            self.args,
+            self._collator(dataset, "training"),
+            self.strategy.root_device,
+            self.strategy.distributed_sampler_kwargs,
+            lengths,
+        )
+
+    def num_examples(self, dataloader: DataLoader[Any]) -> int:
+        """Examples in a DataLoader's dataset (batches x batch size when it has no length)."""
+        try:
+            return len(dataloader.dataset)  # type: ignore[arg-type]
+        except (TypeError, AttributeError):
+            return len(dataloader) * (dataloader.batch_size or 1)
+
+    # --------------------------------------------------------------- optimizer
+    def create_optimizer(self) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            from trainkit.optim import create_optimizer
+
+            self.optimizer = create_optimizer(self.model, self.args)
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
+        if self.lr_scheduler is None:
+            from trainkit.optim import create_scheduler
+
+            self.lr_scheduler = create_scheduler(self.args, optimizer or self.optimizer, num_training_steps)
+        return self.lr_scheduler
+
+    def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
+        self.create_optimizer()
+        self.create_scheduler(num_training_steps=num_training_steps, optimizer=self.optimizer)
+
+    def _get_learning_rate(self) -> float:
+        assert self.optimizer is not None
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    # ------------------------------------------------------------------- train
+    def train(
+        self,
+        resume_from_checkpoint: str | bool | None = None,
+        trial: Any = None,
+        ignore_keys_for_eval: list[str] | None = None,
+        **kwargs: Any,
+    ) -> TrainOutput:
+        """Train the model; resume from the last (``True``) or a given checkpoint folder."""
+        from trainkit.loops.training import run_training
+
+        if kwargs:
+            raise TypeError(f"Trainer.train() got unexpected keyword arguments: {', '.join(sorted(kwargs))}")
+        if self.train_dataset is None:
+            raise ValueError("Trainer.train() needs a train_dataset: pass train_dataset=... to the Trainer.")
+        self._ignore_keys_for_eval = ignore_keys_for_eval
+        if self.model_init is not None:
+            self._seed()
+            self.model = self.model_wrapped = self.call_model_init(trial)
+            self.optimizer, self.lr_scheduler = None, None
+        resume = self._resolve_resume(resume_from_checkpoint)
+        self.is_in_train = True
+        try:
+            return run_training(self, resume)
+        finally:
+            self.is_in_train = False
+
+    def _resolve_resume(self, resume_from_checkpoint: str | bool | None) -> str | None:
+        if resume_from_checkpoint in (None, False):
+            return None
+        raise NotImplementedError("resume_from_checkpoint arrives with the checkpoint manager (issue 7)")
+
+    def _restore_from_checkpoint(self, path: str, plan: Any) -> Callable[[], None] | None:
+        raise NotImplementedError(path)
+
+    def _after_training(self) -> None:
+        """Hook run when the loop ends, before the train metrics are logged."""
+
+    def _remove_neftune(self) -> None:
+        if self._neftune_hook is not None:
+            self._neftune_hook.remove()
+            self._neftune_hook = None
+
+    # -------------------------------------------------------------------- step
+    def _prepare_inputs(self, inputs: Any) -> Any:
+        return self.strategy.batch_to_device(inputs)
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | None = None,
+    ) -> Any:
+        """The loss of one micro-batch (the model's own loss, or label smoothing / compute_loss_func)."""
+        labels = None
+        if (self.label_smoother is not None or self.compute_loss_func is not None) and "labels" in inputs:
+            inputs = dict(inputs)
+            labels = inputs.pop("labels")
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None and labels is None:
+            inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
+        if self.args.past_index >= 0 and self._past is not None:
+            inputs = {**inputs, "mems": self._past}
+        outputs = model(**inputs)
+        if self.args.past_index >= 0:
+            self._past = outputs[self.args.past_index]
+        if labels is not None and self.compute_loss_func is not None:
+            loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
+        elif labels is not None and self.label_smoother is not None:
+            loss = self.label_smoother(outputs, labels, shift_labels=is_causal_lm(self.strategy.unwrap_model(model)))
+        else:
+            loss = extract_loss(outputs, inputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def _loss_is_normalized(self, num_items_in_batch: torch.Tensor | None) -> bool:
+        """Whether compute_loss already divided by ``num_items_in_batch`` (the model or compute_loss_func did)."""
+        if num_items_in_batch is None:
+            return False
+        if self.compute_loss_func is not None:
+            return True
+        return self.model_accepts_loss_kwargs and self.label_smoother is None
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Forward and backward of one micro-batch; returns its detached share of the window's loss."""
+        model.train()
+        window = self._current_window or step_math.make_window([inputs], self.label_names)
+        micro_items = step_math.count_label_tokens(inputs, self.label_names)
+        micro_samples = step_math.batch_size_of(inputs)
+        self._current_flos += float(self.floating_point_ops(inputs))
+        self._samples_local += micro_samples
+        normalized = self._loss_is_normalized(num_items_in_batch)
+        inputs = self._prepare_inputs(inputs)
+        with self.strategy.forward_context():
+            if micro_items == 0 and not normalized:
+                # a mean over zero labels is NaN; this micro-batch's exact share of the window is zero
+                loss, outputs = self.compute_loss(model, inputs, return_outputs=True, num_items_in_batch=None)
+                loss = step_math.zero_loss(outputs, loss)
+            else:
+                loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+        loss = loss * step_math.micro_batch_weight(window, micro_items, micro_samples, normalized)
+        if loss.requires_grad:
+            self.strategy.backward(loss, model)
+        return loss.detach() / window.world_factor
+
+    def floating_point_ops(self, inputs: Any) -> float:
+        """Training FLOPs of a micro-batch when the model can tell (transformers models), else 0."""
+        counter = getattr(self.strategy.unwrap_model(self.model), "floating_point_ops", None)
+        return float(counter(inputs)) if callable(counter) else 0.0
+
+    def _count_input_tokens(self, batch: Any) -> None:
+        if not (self.args.include_num_input_tokens_seen or self.args.include_tokens_per_second):
+            return
+        name = getattr(self.model, "main_input_name", "input_ids")
+        if isinstance(batch, dict) and isinstance(batch.get(name), torch.Tensor):
+            self._tokens_local += batch[name].numel()
+
+    def _sync_input_tokens_seen(self, this_run: bool = False) -> int:
+        """Add the tokens counted since the last call (all ranks) to the state; return the total."""
+        local = torch.tensor(self._tokens_local, device=self.strategy.root_device, dtype=torch.int64)
+        added = int(self.strategy.all_reduce(local, op="sum"))
+        self._tokens_local = 0
+        self.state.num_input_tokens_seen += added
+        self._tokens_seen_this_run += added
+        return self._tokens_seen_this_run if this_run else self.state.num_input_tokens_seen
+
+    def _sync_flos(self) -> None:
+        local = torch.tensor(self._current_flos, device=self.strategy.root_device, dtype=torch.float64)
+        self.state.total_flos += float(self.strategy.all_reduce(local, op="sum"))
+        self._current_flos = 0.0
+
+    # --------------------------------------------------------------- logging
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Record ``logs`` in the state's history (with epoch and step) and call ``on_log``."""
+        if self.state.epoch is not None:
+            logs["epoch"] = self.state.epoch
+        if self.args.include_num_input_tokens_seen:
+            logs["num_input_tokens_seen"] = self._sync_input_tokens_seen()
+        if start_time is not None:
+            from trainkit.trainer_utils import speed_metrics
+
+            logs.update(speed_metrics("train", start_time, num_tokens=self.state.num_input_tokens_seen))
+        self.state.log_history.append({**logs, "step": self.state.global_step})
+        self.control = self.callback_handler.on_log(self.args, self.state, self.control, logs=logs)
+
+    # ------------------------------------------------------- evaluation/saving
+    def _evaluate_during_training(self, skip_scheduler: bool = False) -> dict[str, float] | None:
+        raise NotImplementedError("evaluation arrives with the evaluation loop (issue 6)")
+
+    def _save_checkpoint(self, metrics: dict[str, float] | None = None) -> None:
+        raise NotImplementedError("checkpoints arrive with the checkpoint manager (issue 7)")
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Write the weights as ``model.safetensors`` (and the model's config / processing class)."""
+        import os
+
+        from safetensors.torch import save_model
+
+        folder = output_dir or self.args.output_dir
+        if not self.is_world_process_zero():
+            return
+        os.makedirs(folder, exist_ok=True)
+        model = self.strategy.unwrap_model(self.model)
+        save_model(model, os.path.join(folder, "model.safetensors"))
+        config = getattr(model, "config", None)
+        if config is not None and hasattr(config, "save_pretrained"):
+            config.save_pretrained(folder)
+        if self.processing_class is not None and hasattr(self.processing_class, "save_pretrained"):
+            self.processing_class.save_pretrained(folder)
+        with open(os.path.join(folder, "training_args.json"), "w", encoding="utf-8") as fh:
+            fh.write(self.args.to_json_string())
+
+    def __repr__(self) -> str:
+        return f"Trainer(model={type(self.model).__name__}, strategy={self.strategy!r})"
+
+    def _has_length(self, obj: Any) -> bool:
+        return has_length(obj)
