@@ -122,6 +122,7 @@ class Trainer(MetricsReportingMixin):
         self._tokens_local = 0
         self._tokens_seen_this_run = 0
         self._current_flos = 0.0
+        self._counts_flos = callable(getattr(model, "floating_point_ops", None))
         self._samples_local = 0
         self.is_in_train = False
         self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
@@ -253,6 +254,7 @@ class Trainer(MetricsReportingMixin):
         if self.model_init is not None:
             self._seed()
             self.model = self.model_wrapped = self.call_model_init(trial)
+            self._counts_flos = callable(getattr(self.model, "floating_point_ops", None))
             self.optimizer, self.lr_scheduler = None, None
         resume = self._resolve_resume(resume_from_checkpoint)
         self.is_in_train = True
@@ -320,13 +322,19 @@ class Trainer(MetricsReportingMixin):
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Forward and backward of one micro-batch; returns its detached share of the window's loss."""
-        model.train()
+        if not model.training:
+            model.train()
         window = self._current_window or step_math.make_window([inputs], self.label_names)
-        micro_items = step_math.count_label_tokens(inputs, self.label_names)
-        micro_samples = step_math.batch_size_of(inputs)
-        self._current_flos += float(self.floating_point_ops(inputs))
-        self._samples_local += micro_samples
         normalized = self._loss_is_normalized(num_items_in_batch)
+        single = step_math.is_single(window)
+        micro_samples = window.num_samples if single else step_math.batch_size_of(inputs)
+        self._samples_local += micro_samples
+        if self._counts_flos:
+            self._current_flos += float(self.floating_point_ops(inputs))
+        weight, micro_items = 1.0, None
+        if normalized or not single:
+            micro_items = step_math.count_label_tokens(inputs, self.label_names)
+            weight = step_math.micro_batch_weight(window, micro_items, micro_samples, normalized)
         inputs = self._prepare_inputs(inputs)
         with self.strategy.forward_context():
             if micro_items == 0 and not normalized:
@@ -335,10 +343,12 @@ class Trainer(MetricsReportingMixin):
                 loss = step_math.zero_loss(outputs, loss)
             else:
                 loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
-        loss = loss * step_math.micro_batch_weight(window, micro_items, micro_samples, normalized)
+        if weight != 1.0:
+            loss = loss * weight
         if loss.requires_grad:
             self.strategy.backward(loss, model)
-        return loss.detach() / window.world_factor
+        loss = loss.detach()
+        return loss if window.world_factor == 1 else loss / window.world_factor
 
     def floating_point_ops(self, inputs: Any) -> float:
         """Training FLOPs of a micro-batch when the model can tell (transformers models), else 0."""

@@ -107,6 +107,8 @@ class CallbackHandler(TrainerCallback):
         lr_scheduler: Any = None,
     ) -> None:
         self.callbacks: list[TrainerCallback] = []
+        self._cached_count = -1
+        self._cache: dict[str, list[TrainerCallback]] = {}
         for cb in callbacks:
             self.add_callback(cb)
         self.model = model
@@ -122,11 +124,13 @@ class CallbackHandler(TrainerCallback):
         if any(type(c) is cb_class for c in self.callbacks):
             logger.warning("You are adding a %s to the callbacks but there is already one.", cb_class.__name__)
         self.callbacks.append(cb)
+        self._cached_count = -1
 
     def pop_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> TrainerCallback | None:
         for cb in self.callbacks:
             if cb is callback or (isinstance(callback, type) and type(cb) is callback):
                 self.callbacks.remove(cb)
+                self._cached_count = -1
                 return cb
         return None
 
@@ -137,25 +141,43 @@ class CallbackHandler(TrainerCallback):
     def callback_list(self) -> str:
         return "\n".join(type(cb).__name__ for cb in self.callbacks)
 
+    def _targets(self, event: str) -> list[TrainerCallback]:
+        """The callbacks that implement ``event`` (base-class no-ops are skipped: the loop stays cheap)."""
+        if self._cached_count != len(self.callbacks):
+            self._cache, self._cached_count = {}, len(self.callbacks)
+        targets = self._cache.get(event)
+        if targets is None:
+            base = getattr(TrainerCallback, event)
+            targets = [cb for cb in self.callbacks if getattr(type(cb), event, None) is not base or _dynamic(cb)]
+            self._cache[event] = targets
+        return targets
+
     def call_event(self, event: str, args: Any, state: TrainerState, control: TrainerControl, **kwargs: Any) -> Any:
         for name in _RESETS.get(event, ()):
             setattr(control, name, False)
-        for cb in self.callbacks:
-            result = getattr(cb, event)(
-                args,
-                state,
-                control,
-                model=self.model,
-                processing_class=self.processing_class,
-                optimizer=self.optimizer,
-                lr_scheduler=self.lr_scheduler,
-                train_dataloader=self.train_dataloader,
-                eval_dataloader=self.eval_dataloader,
-                **kwargs,
-            )
+        targets = self._targets(event)
+        if not targets:
+            return control
+        kwargs = {
+            "model": self.model,
+            "processing_class": self.processing_class,
+            "optimizer": self.optimizer,
+            "lr_scheduler": self.lr_scheduler,
+            "train_dataloader": self.train_dataloader,
+            "eval_dataloader": self.eval_dataloader,
+            **kwargs,
+        }
+        for cb in targets:
+            result = getattr(cb, event)(args, state, control, **kwargs)
             if result is not None:
                 control = result
         return control
+
+
+def _dynamic(callback: Any) -> bool:
+    """A callback that resolves its event methods dynamically must always be called."""
+    cls = type(callback)
+    return cls.__getattribute__ is not object.__getattribute__ or hasattr(cls, "__getattr__")
 
 
 def _make_event(event: str) -> Any:

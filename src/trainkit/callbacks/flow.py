@@ -17,7 +17,7 @@ from trainkit.state import TrainerControl, TrainerState
 __all__ = ["DefaultFlowCallback", "FlowDecision", "decide_at_epoch_end", "decide_at_step_end"]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class FlowDecision:
     log: bool = False
     evaluate: bool = False
@@ -79,13 +79,13 @@ class DefaultFlowCallback(TrainerCallback):
         decision = decide_at_step_end(
             global_step=state.global_step,
             max_steps=state.max_steps,
-            logging_strategy=str(args.logging_strategy),
+            logging_strategy=args.logging_strategy,
             logging_steps=state.logging_steps,
             logging_first_step=args.logging_first_step,
-            eval_strategy=str(args.eval_strategy),
+            eval_strategy=args.eval_strategy,
             eval_steps=state.eval_steps,
             eval_delay=args.eval_delay,
-            save_strategy=str(args.save_strategy),
+            save_strategy=args.save_strategy,
             save_steps=state.save_steps,
         )
         return _apply(control, decision)
@@ -93,9 +93,9 @@ class DefaultFlowCallback(TrainerCallback):
     def on_epoch_end(self, args: Any, state: TrainerState, control: TrainerControl, **kwargs: Any) -> Any:
         decision = decide_at_epoch_end(
             epoch=state.epoch or 0.0,
-            logging_strategy=str(args.logging_strategy),
-            eval_strategy=str(args.eval_strategy),
+            logging_strategy=args.logging_strategy,
+            eval_strategy=args.eval_strategy,
             eval_delay=args.eval_delay,
-            save_strategy=str(args.save_strategy),
+            save_strategy=args.save_strategy,
         )
         return _apply(control, decision)

@@ -41,7 +41,7 @@ def _stack(key: str, values: list[Any]) -> torch.Tensor:
 
 def default_data_collator(features: Sequence[Any]) -> dict[str, Any]:
     """Stack each key of a list of dict examples; ``label``/``label_ids`` become ``labels``."""
-    rows = [_as_mapping(f) for f in features]
+    rows = features if all(type(f) is dict for f in features) else [_as_mapping(f) for f in features]
     first = rows[0]
     batch: dict[str, Any] = {}
     for label_key in ("label", "label_ids"):
@@ -95,6 +95,19 @@ class RemoveColumnsCollator:
         self.keep = keep
         self.description = description
         self._logged = False
+        self._seen_keys: frozenset[str] | None = None
+
+    def _needs_filter(self, feature: Any) -> bool:
+        """False when the examples' keys are all accepted (checked once per distinct key set)."""
+        if not isinstance(feature, Mapping):
+            return False
+        keys = frozenset(feature)
+        if keys == self._seen_keys:
+            return False
+        if keys <= self.keep:
+            self._seen_keys = keys
+            return False
+        return True
 
     def _filter(self, feature: Any) -> Any:
         if not isinstance(feature, Mapping):
@@ -111,4 +124,6 @@ class RemoveColumnsCollator:
         return {k: v for k, v in feature.items() if k in self.keep}
 
     def __call__(self, features: list[Any]) -> Any:
+        if features and not self._needs_filter(features[0]) and not self._needs_filter(features[-1]):
+            return self.collator(features)
         return self.collator([self._filter(f) for f in features])

@@ -9,6 +9,7 @@ the device and is read only when logging. The Trainer's overridable hooks (``tra
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +35,7 @@ class FitLoop:
         self.plan = plan
         self.dataloader = dataloader
         self.strategy = trainer.strategy
-        device = self.strategy.root_device
-        self._loss_sum = torch.zeros((), device=device, dtype=torch.float64 if device.type == "cpu" else torch.float32)
+        self._loss_sum = 0.0  # this rank's share of the window losses since the last log
         self._loss_steps = 0
         self.total_loss = 0.0
         self.total_loss_steps = 0
@@ -43,6 +43,11 @@ class FitLoop:
         self._last_learning_rate: float | None = None
         self._last_logged_step = trainer.state.global_step
         self._on_first_step: Any = None
+        args = trainer.args
+        self._max_grad_norm = args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else 0.0
+        self._empty_cache_every = args.torch_empty_cache_steps or 0
+        self._per_epoch = plan.batches_per_epoch or plan.max_steps * args.gradient_accumulation_steps
+        self._count_tokens = bool(args.include_num_input_tokens_seen or args.include_tokens_per_second)
 
     # ------------------------------------------------------------------- run
     def run(self, epochs_done: int, batches_done: int, on_first_step: Any = None) -> None:
@@ -51,6 +56,7 @@ class FitLoop:
         if t.optimizer is None:
             raise RuntimeError("FitLoop.run needs the trainer's optimizer to be created first")
         self.optimizer: torch.optim.Optimizer = t.optimizer
+        self._plateau = isinstance(t.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
         self._on_first_step = on_first_step
         t.control = t.callback_handler.on_train_begin(t.args, t.state, t.control)
         if t.args.eval_on_start:
@@ -105,7 +111,10 @@ class FitLoop:
                 summed = self.strategy.all_reduce(torch.tensor(values, device=device, dtype=torch.int64), op="sum")
                 return [int(v) for v in summed.tolist()]
 
-        return make_window(batches, t.label_names, reduce, world)
+        need_counts = (
+            len(batches) > 1 or reduce is not None or t.model_accepts_loss_kwargs or t.compute_loss_func is not None
+        )
+        return make_window(batches, t.label_names, reduce, world, need_counts=need_counts)
 
     # ------------------------------------------------------------ one window
     def _train_window(self, window: Window, epoch: int, consumed: int) -> None:
@@ -120,7 +129,8 @@ class FitLoop:
         for i, batch in enumerate(window.batches):
             if i == 0:
                 t.control = t.callback_handler.on_step_begin(t.args, t.state, t.control)
-            t._count_input_tokens(batch)
+            if self._count_tokens:
+                t._count_input_tokens(batch)
             with self.strategy.no_backward_sync(t.model_wrapped, enabled=i != last):
                 loss = t.training_step(t.model_wrapped, batch, num_items)
             window_loss = loss if window_loss is None else window_loss + loss
@@ -135,19 +145,19 @@ class FitLoop:
         return torch.tensor(window.num_items, device=self.strategy.root_device, dtype=torch.int64)
 
     def _optimizer_step(self, window_loss: torch.Tensor, epoch: int, consumed: int) -> None:
-        t, args, strategy = self.trainer, self.trainer.args, self.strategy
+        t, args, strategy, handler = self.trainer, self.trainer.args, self.strategy, self.trainer.callback_handler
         grad_norm = None
-        if args.max_grad_norm and args.max_grad_norm > 0:
-            grad_norm = strategy.clip_gradients(t.model_wrapped, self.optimizer, args.max_grad_norm)
-        loss_finite, step_ok = self._finite_flags(window_loss, grad_norm)
-        t.control = t.callback_handler.on_pre_optimizer_step(t.args, t.state, t.control)
+        if self._max_grad_norm:
+            grad_norm = strategy.clip_gradients(t.model_wrapped, self.optimizer, self._max_grad_norm)
+        loss_value, loss_finite, step_ok = self._finite_flags(window_loss, grad_norm)
+        t.control = handler.on_pre_optimizer_step(args, t.state, t.control)
         if step_ok:
             stepped = strategy.optimizer_step(self.optimizer, t.model_wrapped)
         else:
             stepped = strategy.skip_optimizer_step(self.optimizer, t.model_wrapped)
-        t.control = t.callback_handler.on_optimizer_step(t.args, t.state, t.control)
+        t.control = handler.on_optimizer_step(args, t.state, t.control)
         learning_rate = t._get_learning_rate()
-        if stepped and not isinstance(t.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        if stepped and not self._plateau:
             t.lr_scheduler.step()
         if not stepped:
             t.state.skipped_steps += 1
@@ -158,34 +168,30 @@ class FitLoop:
                 t.state.skipped_steps,
             )
         strategy.zero_grad(self.optimizer, t.model_wrapped)
-        self._accumulate_loss(window_loss, loss_finite)
+        if loss_finite or not args.logging_nan_inf_filter:
+            self._loss_sum += loss_value
+            self._loss_steps += 1
         t.state.global_step += 1
-        per_epoch = self.plan.batches_per_epoch or self.plan.max_steps * args.gradient_accumulation_steps
-        t.state.epoch = epoch + consumed / per_epoch
+        t.state.epoch = epoch + consumed / self._per_epoch
         self._last_grad_norm, self._last_learning_rate = grad_norm, learning_rate
-        t.control = t.callback_handler.on_step_end(t.args, t.state, t.control)
+        t.control = handler.on_step_end(args, t.state, t.control)
         self._log_save_evaluate(grad_norm, learning_rate)
-        if args.torch_empty_cache_steps and t.state.global_step % args.torch_empty_cache_steps == 0:
+        if self._empty_cache_every and t.state.global_step % self._empty_cache_every == 0:
             _empty_cache(strategy.root_device)
 
-    def _finite_flags(self, window_loss: torch.Tensor, grad_norm: torch.Tensor | None) -> tuple[bool, bool]:
-        """(loss finite, step may proceed): the one host synchronisation of an optimizer step."""
-        checks = [torch.isfinite(window_loss.detach().float())]
-        if grad_norm is not None and not self.strategy.precision.skips_nonfinite_gradients:
-            checks.append(torch.isfinite(grad_norm.detach().float()))
-        flags = [bool(v) for v in torch.stack(checks).tolist()]
-        loss_finite, ok = flags[0], all(flags)
+    def _finite_flags(self, window_loss: torch.Tensor, grad_norm: torch.Tensor | None) -> tuple[float, bool, bool]:
+        """(loss value, loss finite, step may proceed): the one host synchronisation of an optimizer step."""
+        loss_value = float(window_loss)
+        loss_finite = math.isfinite(loss_value)
+        ok = loss_finite
+        if ok and grad_norm is not None and not self.strategy.precision.skips_nonfinite_gradients:
+            ok = math.isfinite(float(grad_norm))
         if self.strategy.world_size > 1:
-            ok = self.strategy.reduce_boolean_decision(ok, all=True)
             loss_finite = self.strategy.reduce_boolean_decision(loss_finite, all=True)
-        return loss_finite, ok
+            ok = self.strategy.reduce_boolean_decision(ok, all=True)
+        return loss_value, loss_finite, ok
 
     # --------------------------------------------------------------- logging
-    def _accumulate_loss(self, window_loss: torch.Tensor, finite: bool) -> None:
-        if finite or not self.trainer.args.logging_nan_inf_filter:
-            self._loss_sum += window_loss.detach().to(self._loss_sum.dtype)
-            self._loss_steps += 1
-
     def _log_save_evaluate(self, grad_norm: torch.Tensor | None, learning_rate: float | None) -> None:
         t = self.trainer
         if t.control.should_log and t.state.global_step > self._last_logged_step:
@@ -197,16 +203,21 @@ class FitLoop:
             t._save_checkpoint(metrics)
             t.control = t.callback_handler.on_save(t.args, t.state, t.control)
 
+    def _reduce_loss_sum(self) -> float:
+        t = self.trainer
+        if self.strategy.world_size == 1:
+            return self._loss_sum
+        op = "sum" if t.args.average_tokens_across_devices else "mean"
+        value = torch.tensor(self._loss_sum, device=self.strategy.root_device, dtype=torch.float64)
+        return float(self.strategy.all_reduce(value, op=op))
+
     def _train_logs(self, grad_norm: torch.Tensor | None, learning_rate: float | None) -> dict[str, float]:
         t = self.trainer
-        op = "sum" if (t.args.average_tokens_across_devices or self.strategy.world_size == 1) else "mean"
-        total = float(self.strategy.all_reduce(self._loss_sum.clone(), op=op))
-        steps = self._loss_steps
+        total, steps = self._reduce_loss_sum(), self._loss_steps
         logs: dict[str, float] = {"loss": total / steps if steps else float("nan")}
         self.total_loss += total
         self.total_loss_steps += steps
-        self._loss_sum.zero_()
-        self._loss_steps = 0
+        self._loss_sum, self._loss_steps = 0.0, 0
         self._last_logged_step = t.state.global_step
         if grad_norm is not None:
             logs["grad_norm"] = float(grad_norm)
@@ -217,12 +228,9 @@ class FitLoop:
 
     def mean_loss(self) -> float:
         """The mean training loss per optimizer step of this run (non-finite steps left out when filtered)."""
-        t = self.trainer
-        op = "sum" if (t.args.average_tokens_across_devices or self.strategy.world_size == 1) else "mean"
-        self.total_loss += float(self.strategy.all_reduce(self._loss_sum.clone(), op=op))
+        self.total_loss += self._reduce_loss_sum()
         self.total_loss_steps += self._loss_steps
-        self._loss_sum.zero_()
-        self._loss_steps = 0
+        self._loss_sum, self._loss_steps = 0.0, 0
         return self.total_loss / self.total_loss_steps if self.total_loss_steps else float("nan")
 
 

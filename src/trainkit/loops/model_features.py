@@ -36,9 +36,10 @@ def accepts_num_items_in_batch(model: nn.Module) -> bool:
 
 def extract_loss(outputs: Any, inputs: Mapping[str, Any]) -> torch.Tensor:
     """The loss of a model output (``outputs["loss"]`` or ``outputs[0]``), or an error saying what to return."""
-    if isinstance(outputs, Mapping):
-        if outputs.get("loss") is not None:
-            return outputs["loss"]
+    if type(outputs) is dict or isinstance(outputs, Mapping):
+        loss = outputs.get("loss")
+        if loss is not None:
+            return loss
         keys = ", ".join(outputs.keys())
         raise ValueError(
             f"The model did not return a loss: its output has only the keys [{keys}]. It received the inputs "

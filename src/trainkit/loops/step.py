@@ -20,6 +20,7 @@ __all__ = [
     "Window",
     "batch_size_of",
     "count_label_tokens",
+    "is_single",
     "iter_windows",
     "make_window",
     "micro_batch_weight",
@@ -29,7 +30,7 @@ __all__ = [
 IGNORE_INDEX = -100
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Window:
     """One accumulation window: its micro-batches and the counts its loss is normalised by."""
 
@@ -40,7 +41,7 @@ class Window:
 
 
 def _labels(batch: Any, label_names: Sequence[str]) -> torch.Tensor | None:
-    if not isinstance(batch, Mapping):
+    if type(batch) is not dict and not isinstance(batch, Mapping):
         return None
     for name in label_names:
         value = batch.get(name)
@@ -59,7 +60,10 @@ def count_label_tokens(batch: Any, label_names: Sequence[str]) -> int | None:
 
 def batch_size_of(batch: Any) -> int:
     """Examples in a micro-batch: the first dimension of its first tensor."""
-    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else [batch]
+    if type(batch) is dict or isinstance(batch, Mapping):
+        values: Any = batch.values()
+    else:
+        values = batch if isinstance(batch, (list, tuple)) else [batch]
     for value in values:
         if isinstance(value, torch.Tensor) and value.ndim > 0:
             return int(value.shape[0])
@@ -67,9 +71,18 @@ def batch_size_of(batch: Any) -> int:
 
 
 def make_window(
-    batches: list[Any], label_names: Sequence[str], all_reduce_sum: Any = None, world_size: int = 1
+    batches: list[Any],
+    label_names: Sequence[str],
+    all_reduce_sum: Any = None,
+    world_size: int = 1,
+    need_counts: bool = True,
 ) -> Window:
-    """Count a window's label tokens and samples (summed over ranks with ``all_reduce_sum``)."""
+    """Count a window's label tokens and samples (summed over ranks with ``all_reduce_sum``).
+
+    Without ``need_counts`` a window of one micro-batch on one rank is not counted: its weight is 1.
+    """
+    if not need_counts and len(batches) == 1 and (all_reduce_sum is None or world_size == 1):
+        return Window(batches, None, batch_size_of(batches[0]), 1)
     tokens = [count_label_tokens(b, label_names) for b in batches]
     num_items = None if any(t is None for t in tokens) else sum(t for t in tokens if t is not None)
     num_samples = sum(batch_size_of(b) for b in batches)
@@ -78,6 +91,11 @@ def make_window(
     counts = all_reduce_sum([num_items if num_items is not None else -1, num_samples])
     items = None if num_items is None or counts[0] < 0 else counts[0]
     return Window(batches, items, counts[1], world_size)
+
+
+def is_single(window: Window) -> bool:
+    """A window of one micro-batch on one rank: its loss needs no re-weighting."""
+    return len(window.batches) == 1 and window.world_factor == 1
 
 
 def micro_batch_weight(window: Window, micro_items: int | None, micro_samples: int, loss_is_normalized: bool) -> float:

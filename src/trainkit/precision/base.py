@@ -15,7 +15,9 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-__all__ = ["GlobalFlags", "Precision"]
+__all__ = ["NULL_CONTEXT", "GlobalFlags", "Precision"]
+
+NULL_CONTEXT = contextlib.nullcontext()  # reusable: entering it twice is fine, and it costs nothing per step
 
 
 class GlobalFlags:
@@ -72,7 +74,7 @@ class Precision:
 
     def forward_context(self) -> contextlib.AbstractContextManager[Any]:
         """The context of training forward passes (``torch.autocast`` in mixed modes)."""
-        return contextlib.nullcontext()
+        return NULL_CONTEXT
 
     @contextlib.contextmanager
     def eval_context(self, module: nn.Module) -> Iterator[None]:

@@ -19,11 +19,18 @@ from torch import nn
 from torch.optim import Optimizer
 
 from trainkit.checkpoint.io import CheckpointIO
-from trainkit.precision.base import Precision
+from trainkit.precision.base import NULL_CONTEXT, Precision
 
 __all__ = ["ReduceOp", "Strategy"]
 
 ReduceOp = str  # "sum" | "mean" | "max" | "min"
+
+
+def _all_on(batch: dict[Any, Any], device: torch.device) -> bool:
+    for value in batch.values():  # noqa: SIM110 (faster than all() over a generator, on the per-step path)
+        if not isinstance(value, torch.Tensor) or value.device != device:
+            return False
+    return True
 
 
 class Strategy(ABC):
@@ -123,9 +130,11 @@ class Strategy(ABC):
     def batch_to_device(self, batch: Any, device: torch.device | None = None) -> Any:
         """Move every tensor of a (nested) batch to the device, casting inputs as the precision needs."""
         target = device or self.root_device
+        if type(batch) is dict and _all_on(batch, target):
+            return self._precision.convert_input(batch)  # already there: the common CPU case costs nothing
         non_blocking = target.type == "cuda"
         moved = apply_to_collection(batch, torch.Tensor, lambda t: t.to(target, non_blocking=non_blocking))
-        return self.precision.convert_input(moved)
+        return self._precision.convert_input(moved)
 
     def unwrap_model(self, model: nn.Module) -> nn.Module:
         """The user's module inside whatever wrapper this strategy added."""
@@ -135,33 +144,33 @@ class Strategy(ABC):
 
     # --------------------------------------------------------------------- step
     def forward_context(self) -> contextlib.AbstractContextManager[Any]:
-        return self.precision.forward_context()
+        return self._precision.forward_context()
 
     def eval_context(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
         return self.precision.eval_context(self.unwrap_model(model))
 
     def backward(self, loss: torch.Tensor, model: nn.Module) -> None:
-        loss = self.precision.pre_backward(loss, model)
-        self.precision.backward(loss, model)
-        self.precision.post_backward(loss, model)
+        loss = self._precision.pre_backward(loss, model)
+        self._precision.backward(loss, model)
+        self._precision.post_backward(loss, model)
 
     def no_backward_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager[Any]:
         """Skip the gradient all-reduce inside the block when ``enabled`` (no-op on one process)."""
-        return contextlib.nullcontext()
+        return NULL_CONTEXT
 
     def clip_gradients(self, model: nn.Module, optimizer: Optimizer, max_norm: float) -> torch.Tensor:
         """Unscale gradients, clip their global norm to ``max_norm``; return the norm before clipping."""
-        self.precision.unscale_gradients(optimizer)
+        self._precision.unscale_gradients(optimizer)
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
     def optimizer_step(self, optimizer: Optimizer, model: nn.Module | None = None) -> bool:
         """Step the optimizer through the precision; False when the step was skipped."""
-        return self.precision.optimizer_step(optimizer)
+        return self._precision.optimizer_step(optimizer)
 
     def skip_optimizer_step(self, optimizer: Optimizer, model: nn.Module | None = None) -> bool:
         """Skip this step's update (the loop found a non-finite loss); always returns False."""
-        self.precision.skip_step(optimizer)
+        self._precision.skip_step(optimizer)
         return False
 
     def zero_grad(self, optimizer: Optimizer, model: nn.Module | None = None) -> None:
