@@ -374,3 +374,61 @@ def test_default_args_and_properties(tmp_path, monkeypatch):
     assert trainer.model is model
     assert trainer.model_wrapped is model
     assert trainer.tokenizer is None
+
+
+def test_group_by_length_reduces_padding(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 40, (64,), generator=g).tolist()
+    data = [{"input_ids": torch.ones(n, dtype=torch.long), "labels": torch.ones(n, dtype=torch.long)} for n in lengths]
+    spreads = {}
+
+    def pad(features):
+        longest = max(len(f["input_ids"]) for f in features)
+        spreads.setdefault(key, []).append(longest - min(len(f["input_ids"]) for f in features))
+        ids = torch.stack(
+            [torch.nn.functional.pad(f["input_ids"], (0, longest - len(f["input_ids"]))) for f in features]
+        )
+        return {"input_ids": ids, "labels": torch.where(ids > 0, ids, -100)}
+
+    for key in (False, True):
+        torch.manual_seed(0)
+        model = TokenModel()
+        args = quiet_args(str(tmp_path), per_device_train_batch_size=4, group_by_length=key, num_train_epochs=1)
+        Trainer(model, args, data_collator=pad, train_dataset=data, optimizers=sgd(model)).train()
+    assert sum(spreads[True]) < sum(spreads[False]) / 3
+
+
+def test_torch_compile_is_applied_once(tmp_path, caplog):
+    model = RegressionModel()
+    args = quiet_args(
+        str(tmp_path), max_steps=2, torch_compile=True, torch_compile_backend="eager", per_device_train_batch_size=4
+    )
+    trainer = Trainer(model, args, train_dataset=RegressionDataset(8), optimizers=sgd(model))
+    with caplog.at_level("INFO", logger="trainkit"):
+        trainer.train()
+    assert "torch.compile" in caplog.text
+    assert trainer.model_wrapped is not model
+    assert trainer.strategy.unwrap_model(trainer.model_wrapped) is model
+    wrapped = trainer.model_wrapped
+    trainer.train()
+    assert trainer.model_wrapped is wrapped
+
+
+def test_data_seed_controls_the_order(tmp_path):
+    orders = []
+    for data_seed in (1, 1, 2):
+
+        class Watch(RegressionModel):
+            seen: list = []
+
+            def forward(self, input_x, labels=None):
+                Watch.seen.append(input_x.tolist())
+                return super().forward(input_x, labels)
+
+        Watch.seen = []
+        model = Watch()
+        args = quiet_args(str(tmp_path), per_device_train_batch_size=4, max_steps=2, data_seed=data_seed)
+        Trainer(model, args, train_dataset=RegressionDataset(16), optimizers=sgd(model)).train()
+        orders.append(Watch.seen)
+    assert orders[0] == orders[1]
+    assert orders[0] != orders[2]
