@@ -16,6 +16,7 @@ _EXPORTS: dict[str, str] = {
     "ArgumentParser": "trainkit.parser",
     "HfArgumentParser": "trainkit.parser",
     "Registry": "trainkit.registry",
+    "get_scheduler": "trainkit.optim",
     "set_seed": "trainkit.utils.seed",
     "enable_full_determinism": "trainkit.utils.seed",
     "IntervalStrategy": "trainkit.options",
@@ -32,6 +33,7 @@ __all__ = ["__version__", *_EXPORTS]
 if TYPE_CHECKING:
     from trainkit.args import TrainingArguments
     from trainkit.args_support import UnsupportedArgumentError
+    from trainkit.optim import get_scheduler
     from trainkit.options import (
         FSDPOption,
         HubStrategy,

@@ -90,6 +90,7 @@ def normalize_and_validate(args: TrainingArguments) -> None:
     _check_precision(args)
     _check_fsdp(args)
     _check_misc(args)
+    _check_optim(args)
     from trainkit.args_support import check_refused_fields
 
     check_refused_fields(args)
@@ -449,3 +450,19 @@ def _check_misc(args: TrainingArguments) -> None:
         raise ValueError("TrainingArguments: dataloader_persistent_workers=True needs dataloader_num_workers > 0")
     if args.metric_for_best_model is not None and not args.metric_for_best_model.strip():
         raise ValueError("TrainingArguments.metric_for_best_model must not be empty")
+
+
+def _check_optim(args: TrainingArguments) -> None:
+    """``optim`` and ``lr_scheduler_type`` must be registered names; ``optim_args`` must read as 'k=v,...'."""
+    from trainkit.optim import OPTIMIZERS, SCHEDULERS, parse_optim_args  # torch-free: construction stays cheap
+
+    for name, registry in (("optim", OPTIMIZERS), ("lr_scheduler_type", SCHEDULERS)):
+        value = getattr(args, name)
+        if value not in registry:
+            close = registry.closest(value)
+            hint = f" Did you mean {close!r}?" if close else ""
+            raise ValueError(
+                f"TrainingArguments.{name}={value!r} is not a registered {registry.kind}.{hint} "
+                f"Available: {', '.join(registry.available())}"
+            )
+    parse_optim_args(args.optim_args)
