@@ -453,8 +453,9 @@ def _check_misc(args: TrainingArguments) -> None:
 
 
 def _check_optim(args: TrainingArguments) -> None:
-    """``optim`` and ``lr_scheduler_type`` must be registered names; ``optim_args`` must read as 'k=v,...'."""
+    """Registered ``optim`` / ``lr_scheduler_type``, 'k=v,...' ``optim_args``, known ``lr_scheduler_kwargs`` keys."""
     from trainkit.optim import OPTIMIZERS, SCHEDULERS, parse_optim_args  # torch-free: construction stays cheap
+    from trainkit.optim.schedulers import check_scheduler_kwargs
 
     for name, registry in (("optim", OPTIMIZERS), ("lr_scheduler_type", SCHEDULERS)):
         value = getattr(args, name)
@@ -466,3 +467,7 @@ def _check_optim(args: TrainingArguments) -> None:
                 f"Available: {', '.join(registry.available())}"
             )
     parse_optim_args(args.optim_args)
+    if isinstance(args.lr_scheduler_kwargs, dict):
+        check_scheduler_kwargs(
+            args.lr_scheduler_type, args.lr_scheduler_kwargs, "TrainingArguments.lr_scheduler_kwargs"
+        )

@@ -66,7 +66,7 @@ def check_keywords(
 
 
 def coerce_to_signature(func: Callable[..., Any], values: Mapping[str, Any], owner: str) -> dict[str, Any]:
-    """Convert parsed ``optim_args`` values to the types of ``func``'s defaults (bool, int, float).
+    """Convert parsed ``optim_args`` values to the types of ``func``'s defaults (bool, float).
 
     A parameter whose default is a tuple cannot be written as ``k=v`` (the comma separates items),
     so it is refused with the parameter's name.
@@ -89,12 +89,9 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
         if isinstance(value, bool) or value in (0, 1):
             return bool(value)
         raise ValueError(f"{where} must be true or false")
-    if isinstance(default, int) and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(default, int) and not isinstance(value, int):
-        raise ValueError(f"{where} must be an integer")
-    if isinstance(default, float) and not isinstance(value, bool) and isinstance(value, int):
-        return float(value)
-    if isinstance(default, float) and not isinstance(value, float):
-        raise ValueError(f"{where} must be a number")
+    if isinstance(default, (int, float)):
+        # An int default does not make the parameter an int (torch's SGD has momentum: float = 0).
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where} must be a number")
+        return float(value) if isinstance(default, float) else value
     return value

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from trainkit.args import TrainingArguments
 
-__all__ = ["create_scheduler", "get_scheduler"]
+__all__ = ["check_scheduler_kwargs", "create_scheduler", "get_scheduler"]
 
 logger = get_logger(__name__)
 
@@ -116,6 +116,8 @@ def polynomial(
     if not lr_init > lr_end:
         raise ValueError(f"lr scheduler 'polynomial': lr_end ({lr_end}) must be smaller than initial lr ({lr_init})")
     _check_number("polynomial", "power", power, 0.0)
+    if power == 0:  # 0**0 == 1 would hold the lr at its peak through the last step
+        raise ValueError("lr scheduler 'polynomial': power must be > 0, got 0")
     schedule = PolynomialSchedule(num_warmup_steps, num_training_steps, lr_init, lr_end, power)
     return _scheduled(optimizer, schedule, last_epoch)
 
@@ -287,22 +289,27 @@ def get_scheduler(
     name = str(getattr(name, "value", name))
     entry = SCHEDULERS.entry(name)
     user_kwargs = dict(scheduler_specific_kwargs or {})
-    for key in STEP_ARGUMENTS:
-        if key in user_kwargs:
-            raise TypeError(f"scheduler_specific_kwargs must not set {key!r}: pass it as get_scheduler's argument")
-    check_keywords(
-        user_kwargs, entry.factory, f"lr scheduler {name!r}", "lr_scheduler_kwargs", ("optimizer", *STEP_ARGUMENTS)
-    )
     steps = {
         "num_warmup_steps": _resolve_warmup(num_warmup_steps, num_training_steps),
         "num_training_steps": num_training_steps,
     }
-    scheduler = SCHEDULERS.get(name, optimizer=optimizer, **_step_kwargs(name, entry.factory, steps), **user_kwargs)
+    step_kwargs = _step_kwargs(name, entry.factory, steps)  # first, as transformers checks these first
+    check_scheduler_kwargs(name, user_kwargs)
+    scheduler = SCHEDULERS.get(name, optimizer=optimizer, **step_kwargs, **user_kwargs)
     from torch.optim.lr_scheduler import LRScheduler
 
     if not isinstance(scheduler, LRScheduler):
         raise TypeError(f"lr scheduler {name!r} built a {type(scheduler).__name__}, which is not an LRScheduler")
     return scheduler
+
+
+def check_scheduler_kwargs(name: str, kwargs: dict[str, Any], source: str = "lr_scheduler_kwargs") -> None:
+    """Raise a TypeError naming a key of ``kwargs`` the scheduler ``name`` does not take (or a step count)."""
+    for key in STEP_ARGUMENTS:
+        if key in kwargs:
+            raise TypeError(f"{source} must not set {key!r}: it comes from the warmup arguments and the run's length")
+    factory = SCHEDULERS.entry(name, check_requirements=False).factory
+    check_keywords(kwargs, factory, f"lr scheduler {name!r}", source, ("optimizer", *STEP_ARGUMENTS))
 
 
 def _step_kwargs(name: str, factory: Any, steps: dict[str, int | None]) -> dict[str, int]:
@@ -322,7 +329,7 @@ def _step_kwargs(name: str, factory: Any, steps: dict[str, int | None]) -> dict[
     return out
 
 
-def takes_warmup(name: str) -> bool:
+def _takes_warmup(name: str) -> bool:
     """Whether the scheduler registered as ``name`` uses ``num_warmup_steps``."""
     params = inspect.signature(SCHEDULERS.entry(name, check_requirements=False).factory).parameters
     return "num_warmup_steps" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -332,7 +339,7 @@ def create_scheduler(args: TrainingArguments, optimizer: Optimizer, num_training
     """The scheduler ``args`` describe: ``lr_scheduler_type``, ``lr_scheduler_kwargs`` and the warmup of ``args``."""
     warmup = args.get_warmup_steps(num_training_steps)
     name = args.lr_scheduler_type
-    if warmup > 0 and not takes_warmup(name):
+    if warmup > 0 and not _takes_warmup(name):
         logger.warning(
             "lr_scheduler_type=%r has no warmup, so the %d warmup steps of warmup_steps/warmup_ratio are not used "
             "(as in transformers); 'constant_with_warmup' is the constant schedule with a warmup.",
