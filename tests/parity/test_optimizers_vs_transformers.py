@@ -52,7 +52,10 @@ def hf_decay_names(model: nn.Module) -> list[str]:
 
 def test_decay_names_equal_transformers_for_transformers_style_names():
     model = Block()
-    assert get_decay_parameter_names(model) == hf_decay_names(model)
+    theirs = hf_decay_names(model)
+    if "input_layernorm.weight" in theirs:
+        pytest.skip("this transformers finds norms by nn.LayerNorm type and 'bias' only (name patterns came later)")
+    assert get_decay_parameter_names(model) == theirs
 
 
 def test_a_norm_under_an_unusual_name_is_found_by_type_where_transformers_decays_it():
@@ -143,6 +146,8 @@ BNB_NAMES = [
 
 @pytest.mark.parametrize("name", BNB_NAMES)
 def test_bitsandbytes_arguments_equal_transformers(monkeypatch: pytest.MonkeyPatch, name: str):
+    if name not in {o.value for o in transformers.training_args.OptimizerNames}:
+        pytest.skip(f"this transformers has no optim={name!r}")
     install_fake_bitsandbytes(monkeypatch)
     optim_args = "beta3=0.999,alpha=8,t_alpha=100" if "ademamix" in name else None
     args = SimpleNamespace(optim=name, optim_args=optim_args, **HYPER)
