@@ -16,6 +16,7 @@ _EXPORTS: dict[str, str] = {
     "ArgumentParser": "trainkit.parser",
     "HfArgumentParser": "trainkit.parser",
     "Registry": "trainkit.registry",
+    "get_scheduler": "trainkit.optim",
     "set_seed": "trainkit.utils.seed",
     "enable_full_determinism": "trainkit.utils.seed",
     "IntervalStrategy": "trainkit.options",
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from trainkit.callbacks.flow import DefaultFlowCallback
     from trainkit.callbacks.progress import PrinterCallback, ProgressCallback
     from trainkit.data.collators import DataCollatorWithPadding, default_data_collator
+    from trainkit.optim import get_scheduler
     from trainkit.options import (
         FSDPOption,
         HubStrategy,

@@ -24,7 +24,7 @@ __all__ = [
 
 # Issues whose features are on main. A "supported" field whose issue is not listed here is
 # refused (when set to a non-default value) with a message naming the issue.
-IMPLEMENTED_ISSUES: frozenset[int] = frozenset({2, 5})
+IMPLEMENTED_ISSUES: frozenset[int] = frozenset({2, 3, 5})
 
 
 class UnsupportedArgumentError(ValueError):
@@ -78,7 +78,7 @@ FIELD_SUPPORT: dict[str, FieldSupport] = {
     "num_train_epochs": _s(5, "Fractional values stop part-way through the last epoch."),
     "max_steps": _s(5, "Overrides num_train_epochs; cycles the data."),
     "lr_scheduler_type": _s(3, "Any name of the SCHEDULERS registry (user entries included)."),
-    "lr_scheduler_kwargs": _s(3, "Passed to the schedule; dict or JSON string."),
+    "lr_scheduler_kwargs": _s(3, "Passed to the schedule (a key it does not take is refused); dict or JSON string."),
     "warmup_ratio": _s(3, "ceil(ratio * total steps), as transformers."),
     "warmup_steps": _s(3, "An int, or a float below 1 meaning a ratio (transformers 5)."),
     "log_level": _s(5, "Log level of the main process ('passive' keeps the current level)."),
@@ -142,7 +142,7 @@ FIELD_SUPPORT: dict[str, FieldSupport] = {
     "deepspeed": _s(9, "DeepSpeed ZeRO 1/2/3 with HF's 'auto' values."),
     "label_smoothing_factor": _s(5, "Label smoothing on the model's logits."),
     "optim": _s(3, "Any name of the OPTIMIZERS registry (user entries included)."),
-    "optim_args": _s(3, "'k1=v1,k2=v2' passed to the optimizer."),
+    "optim_args": _s(3, "'k1=v1,k2=v2' passed to the optimizer (every optimizer; unknown keys are refused)."),
     "adafactor": _alias("Deprecated: becomes optim='adafactor'."),
     "group_by_length": _s(5, "Length-grouped sampler."),
     "length_column_name": _s(5, "Column with precomputed lengths for group_by_length."),

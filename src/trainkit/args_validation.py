@@ -90,6 +90,7 @@ def normalize_and_validate(args: TrainingArguments) -> None:
     _check_precision(args)
     _check_fsdp(args)
     _check_misc(args)
+    _check_optim(args)
     from trainkit.args_support import check_refused_fields
 
     check_refused_fields(args)
@@ -449,3 +450,24 @@ def _check_misc(args: TrainingArguments) -> None:
         raise ValueError("TrainingArguments: dataloader_persistent_workers=True needs dataloader_num_workers > 0")
     if args.metric_for_best_model is not None and not args.metric_for_best_model.strip():
         raise ValueError("TrainingArguments.metric_for_best_model must not be empty")
+
+
+def _check_optim(args: TrainingArguments) -> None:
+    """Registered ``optim`` / ``lr_scheduler_type``, 'k=v,...' ``optim_args``, known ``lr_scheduler_kwargs`` keys."""
+    from trainkit.optim import OPTIMIZERS, SCHEDULERS, parse_optim_args  # torch-free: construction stays cheap
+    from trainkit.optim.schedulers import check_scheduler_kwargs
+
+    for name, registry in (("optim", OPTIMIZERS), ("lr_scheduler_type", SCHEDULERS)):
+        value = getattr(args, name)
+        if value not in registry:
+            close = registry.closest(value)
+            hint = f" Did you mean {close!r}?" if close else ""
+            raise ValueError(
+                f"TrainingArguments.{name}={value!r} is not a registered {registry.kind}.{hint} "
+                f"Available: {', '.join(registry.available())}"
+            )
+    parse_optim_args(args.optim_args)
+    if isinstance(args.lr_scheduler_kwargs, dict):
+        check_scheduler_kwargs(
+            args.lr_scheduler_type, args.lr_scheduler_kwargs, "TrainingArguments.lr_scheduler_kwargs"
+        )

@@ -71,7 +71,7 @@ class SchedulerType(ExplicitEnum):
 
 
 class OptimizerNames(ExplicitEnum):
-    """transformers' optimizer names (informational: the registry decides what is valid)."""
+    """transformers' optimizer names that trainkit registers (informational: the registry decides what is valid)."""
 
     ADAMW_HF = "adamw_hf"
     ADAMW_TORCH = "adamw_torch"
@@ -95,6 +95,12 @@ class OptimizerNames(ExplicitEnum):
     RMSPROP_BNB = "rmsprop_bnb"
     RMSPROP_8BIT = "rmsprop_bnb_8bit"
     RMSPROP_32BIT = "rmsprop_bnb_32bit"
+    ADAMW_TORCH_4BIT = "adamw_torch_4bit"
+    ADAMW_TORCH_8BIT = "adamw_torch_8bit"
+    ADEMAMIX = "ademamix"
+    ADEMAMIX_8BIT = "ademamix_8bit"
+    PAGED_ADEMAMIX = "paged_ademamix_32bit"
+    PAGED_ADEMAMIX_8BIT = "paged_ademamix_8bit"
 
 
 class FSDPOption(ExplicitEnum):

@@ -224,7 +224,10 @@ class Trainer(MetricsReportingMixin):
         if self.lr_scheduler is None:
             from trainkit.optim import create_scheduler
 
-            self.lr_scheduler = create_scheduler(self.args, optimizer or self.optimizer, num_training_steps)
+            optimizer = optimizer or self.optimizer
+            if optimizer is None:
+                raise ValueError("create_scheduler needs an optimizer: call create_optimizer() first")
+            self.lr_scheduler = create_scheduler(self.args, optimizer, num_training_steps)
         return self.lr_scheduler
 
     def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:

@@ -23,6 +23,14 @@ _ratio_or_steps = st.one_of(st.integers(1, 10_000), st.floats(0.001, 0.999))
 _json_value = st.one_of(st.integers(-100, 100), st.booleans(), _text, st.floats(-1e3, 1e3, allow_nan=False))
 _json_dict = st.dictionaries(_text, _json_value, max_size=3)
 _opt = st.none
+# lr_scheduler_kwargs that each sampled lr_scheduler_type takes (other keys are refused at construction).
+_SCHEDULER_KWARGS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
+    "linear": st.just({}),
+    "constant": st.just({}),
+    "constant_with_warmup": st.just({}),
+    "cosine": st.fixed_dictionaries({}, optional={"num_cycles": st.floats(0.0, 3.0)}),
+    "polynomial": st.fixed_dictionaries({}, optional={"power": st.floats(0.1, 3.0), "lr_end": st.floats(0.0, 1e-6)}),
+}
 
 # Valid values of every non-alias field. Fields whose status is "refused" keep their default.
 VALID: dict[str, st.SearchStrategy[Any]] = {
@@ -48,7 +56,7 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "num_train_epochs": _small_float,
     "max_steps": st.integers(-1, 10_000),
     "lr_scheduler_type": st.sampled_from(["linear", "cosine", "constant", "constant_with_warmup", "polynomial"]),
-    "lr_scheduler_kwargs": _json_dict,
+    "lr_scheduler_kwargs": st.just({}),  # drawn to match lr_scheduler_type in valid_kwargs
     "warmup_ratio": st.floats(0.0, 1.0),
     "warmup_steps": st.integers(0, 1000) | st.floats(0.01, 0.99),
     "log_level": st.sampled_from(["debug", "info", "warning", "error", "critical", "passive"]),
@@ -134,6 +142,8 @@ def _supported(name: str) -> bool:
 @st.composite
 def valid_kwargs(draw: st.DrawFn) -> dict[str, Any]:
     kwargs = {name: draw(strategy) for name, strategy in VALID.items() if _supported(name)}
+    if "lr_scheduler_type" in kwargs:
+        kwargs["lr_scheduler_kwargs"] = draw(_SCHEDULER_KWARGS[kwargs["lr_scheduler_type"]])
     # keep each draw inside transformers' cross-field rules rather than rejecting it
     if kwargs.get("fp16") and kwargs.get("bf16"):
         kwargs["bf16"] = False

@@ -194,10 +194,10 @@ def test_bad_enum_value_lists_choices_and_closest():
 
 def test_dict_field_from_json_string_and_error():
     _needs(3)
-    args = make(lr_scheduler_kwargs='{"num_cycles": 2}')
+    args = make(lr_scheduler_type="cosine", lr_scheduler_kwargs='{"num_cycles": 2}')
     assert args.lr_scheduler_kwargs == {"num_cycles": 2}
     with pytest.raises(ValueError, match="lr_scheduler_kwargs is not valid JSON"):
-        make(lr_scheduler_kwargs="{num_cycles: 2}")
+        make(lr_scheduler_type="cosine", lr_scheduler_kwargs="{num_cycles: 2}")
 
 
 def test_bad_dict_string_names_field():
@@ -317,7 +317,7 @@ def test_setters_return_self_and_set_fields():
         assert args.set_save(strategy="steps", steps=100).save_steps == 100
     if 5 in IMPLEMENTED_ISSUES:
         assert args.set_logging(strategy="steps", steps=10).logging_steps == 10
-        assert args.set_dataloader(train_batch_size=4, eval_batch_size=64).per_device_eval_batch_size == 64
+        assert args.set_dataloader(train_batch_size=4).per_device_train_batch_size == 4
 
 
 def test_setter_revalidates():
@@ -410,3 +410,53 @@ def test_normalisation_is_idempotent():
     before = args.to_dict()
     normalize_and_validate(args)
     assert args.to_dict() == before
+
+
+# ------------------------------------------------------------ optimizer and scheduler names
+@pytest.mark.parametrize(
+    ("field", "value", "closest"), [("optim", "adamw_torc", "adamw_torch"), ("lr_scheduler_type", "linar", "linear")]
+)
+def test_unknown_optim_or_scheduler_names_field_closest_and_available(field, value, closest):
+    _needs(3)
+    with pytest.raises(
+        ValueError, match=rf"TrainingArguments\.{field}='{value}' .*Did you mean '{closest}'\? Available: "
+    ):
+        make(**{field: value})
+
+
+def test_enum_values_for_optim_and_scheduler_become_strings():
+    _needs(3)
+    from trainkit import OptimizerNames, SchedulerType
+
+    args = make(optim=OptimizerNames.SGD, lr_scheduler_type=SchedulerType.COSINE)
+    assert (args.optim, args.lr_scheduler_type) == ("sgd", "cosine")
+    assert type(args.optim) is str
+
+
+@pytest.mark.parametrize("value", ["momentum", "momentum=0.9,", "a=1,a=2"])
+def test_bad_optim_args_format_names_the_field(value):
+    _needs(3)
+    with pytest.raises(ValueError, match=r"TrainingArguments\.optim_args"):
+        make(optim="sgd", optim_args=value)
+
+
+def test_optim_fields_normalisation_is_idempotent():
+    _needs(3)
+    from trainkit.args_validation import normalize_and_validate
+
+    with pytest.warns(FutureWarning):
+        args = make(
+            adafactor=True, optim_args="beta1=0.9", lr_scheduler_type="cosine", lr_scheduler_kwargs='{"num_cycles": 1}'
+        )
+    before = args.to_dict()
+    normalize_and_validate(args)
+    assert args.to_dict() == before
+    assert (args.optim, args.adafactor, args.lr_scheduler_kwargs) == ("adafactor", False, {"num_cycles": 1})
+
+
+def test_lr_scheduler_kwargs_the_schedule_does_not_take_are_refused_at_construction():
+    _needs(3)
+    with pytest.raises(TypeError, match=r"lr scheduler 'linear' does not accept 'num_cycles' \(from TrainingArguments"):
+        make(lr_scheduler_kwargs={"num_cycles": 2})
+    with pytest.raises(TypeError, match=r"TrainingArguments\.lr_scheduler_kwargs must not set 'num_warmup_steps'"):
+        make(lr_scheduler_type="cosine", lr_scheduler_kwargs={"num_warmup_steps": 2})

@@ -174,7 +174,7 @@ def test_dict_field_as_json_string():
     if 3 not in IMPLEMENTED_ISSUES:
         pytest.skip("needs issue 3")
     (args,) = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses(
-        ["--lr_scheduler_kwargs", '{"num_cycles": 3}'], look_for_args_file=False
+        ["--lr_scheduler_type", "cosine", "--lr_scheduler_kwargs", '{"num_cycles": 3}'], look_for_args_file=False
     )
     assert args.lr_scheduler_kwargs == {"num_cycles": 3}
 
