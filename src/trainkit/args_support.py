@@ -24,7 +24,7 @@ __all__ = [
 
 # Issues whose features are on main. A "supported" field whose issue is not listed here is
 # refused (when set to a non-default value) with a message naming the issue.
-IMPLEMENTED_ISSUES: frozenset[int] = frozenset({2, 3, 5})
+IMPLEMENTED_ISSUES: frozenset[int] = frozenset({2, 3, 5, 6})
 
 
 class UnsupportedArgumentError(ValueError):
@@ -66,7 +66,9 @@ FIELD_SUPPORT: dict[str, FieldSupport] = {
     "per_gpu_train_batch_size": _alias("Deprecated name of per_device_train_batch_size."),
     "per_gpu_eval_batch_size": _alias("Deprecated name of per_device_eval_batch_size."),
     "gradient_accumulation_steps": _s(5, "Exact: the loss is normalised by the label tokens of the whole window."),
-    "eval_accumulation_steps": _s(6, "Gathered predictions move to CPU every k steps."),
+    "eval_accumulation_steps": _s(
+        6, "Predictions move to the host every k batches (default: every batch, so device memory stays bounded)."
+    ),
     "eval_delay": _s(6, "In epochs or steps according to eval_strategy."),
     "torch_empty_cache_steps": _s(5, "Calls the accelerator's empty_cache every k steps."),
     "learning_rate": _s(3, "Initial learning rate of the optimizer."),
@@ -103,14 +105,14 @@ FIELD_SUPPORT: dict[str, FieldSupport] = {
     ),
     "seed": _s(5, "set_seed(seed) at the start of train()."),
     "data_seed": _s(5, "Seed of the training sampler."),
-    "jit_mode_eval": _s(6, "torch.jit.trace for inference."),
+    "jit_mode_eval": _no("torch.jit tracing is deprecated in PyTorch; use torch_compile for faster inference."),
     "use_ipex": _no("Intel Extension for PyTorch is not integrated."),
     "bf16": _s(4, "bf16 mixed precision (MixedPrecision('bf16'))."),
     "fp16": _s(4, "fp16 mixed precision with a GradScaler."),
     "fp16_opt_level": _s(4, "apex opt level, used with half_precision_backend='apex'."),
     "half_precision_backend": _s(4, "'auto', 'cuda_amp', 'cpu_amp' or 'apex'."),
-    "bf16_full_eval": _s(6, "Evaluation with the model cast to bf16, restored afterwards."),
-    "fp16_full_eval": _s(6, "Evaluation with the model cast to fp16, restored afterwards."),
+    "bf16_full_eval": _s(4, "Evaluation with the model cast to bf16, restored afterwards."),
+    "fp16_full_eval": _s(4, "Evaluation with the model cast to fp16, restored afterwards."),
     "tf32": _s(4, "Applied by the Precision's setup() and restored by teardown()."),
     "local_rank": _s(2, "Read from LOCAL_RANK; launchers set it."),
     "ddp_backend": _s(8, "Process-group backend (gloo on CPU, nccl on CUDA by default)."),
@@ -127,8 +129,10 @@ FIELD_SUPPORT: dict[str, FieldSupport] = {
     "remove_unused_columns": _s(5, "Drops dict keys the model's forward does not accept (logged)."),
     "label_names": _s(5, "Keys holding the labels."),
     "load_best_model_at_end": _s(7, "Loads the best checkpoint's weights at the end."),
-    "metric_for_best_model": _s(7, "With or without the 'eval_' prefix."),
-    "greater_is_better": _s(7, "Defaults to False for metrics ending in 'loss'."),
+    "metric_for_best_model": _s(
+        6, "With or without the 'eval_' prefix; drives the best checkpoint, reduce_lr_on_plateau and early stopping."
+    ),
+    "greater_is_better": _s(6, "Defaults to False for metrics ending in 'loss'."),
     "ignore_data_skip": _s(7, "On resume, start the epoch from its beginning."),
     "fsdp": _s(8, "FSDP2 fully_shard options."),
     "fsdp_min_num_params": _alias("Deprecated: copied into fsdp_config['min_num_params']."),

@@ -28,6 +28,7 @@ from trainkit.factory import build_components
 from trainkit.loops import step as step_math
 from trainkit.loops.model_features import LabelSmoother, accepts_num_items_in_batch, extract_loss, is_causal_lm
 from trainkit.state import TrainerControl, TrainerState
+from trainkit.trainer_evaluation import EvaluationMixin
 from trainkit.trainer_metrics import MetricsReportingMixin
 from trainkit.trainer_utils import TrainOutput, has_length
 from trainkit.utils.logging import get_logger
@@ -50,7 +51,7 @@ def _default_label_names(model: nn.Module | None) -> list[str]:
     return found or ["labels"]
 
 
-class Trainer(MetricsReportingMixin):
+class Trainer(EvaluationMixin, MetricsReportingMixin):
     """Train, evaluate and predict with transformers' Trainer API."""
 
     def __init__(
@@ -393,10 +394,7 @@ class Trainer(MetricsReportingMixin):
         self.state.log_history.append({**logs, "step": self.state.global_step})
         self.control = self.callback_handler.on_log(self.args, self.state, self.control, logs=logs)
 
-    # ------------------------------------------------------- evaluation/saving
-    def _evaluate_during_training(self, skip_scheduler: bool = False) -> dict[str, float] | None:
-        raise NotImplementedError("evaluation arrives with the evaluation loop (issue 6)")
-
+    # ------------------------------------------------------------------ saving
     def _save_checkpoint(self, metrics: dict[str, float] | None = None) -> None:
         raise NotImplementedError("checkpoints arrive with the checkpoint manager (issue 7)")
 
