@@ -25,6 +25,10 @@ _EXPORTS: dict[str, str] = {
     "FSDPOption": "trainkit.options",
     "HubStrategy": "trainkit.options",
     "UnsupportedArgumentError": "trainkit.args_support",
+    "Precision": "trainkit.precision",
+    "MixedPrecision": "trainkit.precision",
+    "HalfPrecision": "trainkit.precision",
+    "SingleDeviceStrategy": "trainkit.strategies",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -41,7 +45,9 @@ if TYPE_CHECKING:
         SchedulerType,
     )
     from trainkit.parser import ArgumentParser, HfArgumentParser
+    from trainkit.precision import HalfPrecision, MixedPrecision, Precision
     from trainkit.registry import Registry
+    from trainkit.strategies import SingleDeviceStrategy
     from trainkit.utils.seed import enable_full_determinism, set_seed
 
 

@@ -9,6 +9,7 @@ device loader. On one process every collective is a no-op.
 from __future__ import annotations
 
 import contextlib
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any
@@ -97,12 +98,18 @@ class Strategy(ABC):
     def setup(
         self, model: nn.Module, optimizer: Optimizer | None = None, scheduler: Any = None
     ) -> tuple[nn.Module, Optimizer | None, Any]:
-        """Move (and wrap, in subclasses) the model; return model, optimizer, scheduler to use."""
-        return self.setup_module(model), optimizer, scheduler
+        """Convert, move (and wrap, in subclasses) the model; return model, optimizer, scheduler to use.
+
+        The precision converts the module before the move (a half model moves half the bytes), then
+        connects to the moved module and its optimizer (apex's ``amp.initialize`` needs both).
+        """
+        model = self.precision.convert_module(model).to(self.root_device)
+        model, optimizer = self.precision.connect(model, optimizer)
+        return model, optimizer, scheduler
 
     def setup_module(self, model: nn.Module) -> nn.Module:
-        model = self.precision.convert_module(model)
-        return model.to(self.root_device)
+        """``setup`` for a model without an optimizer (evaluation, prediction)."""
+        return self.setup(model)[0]
 
     def process_dataloader(self, dataloader: Iterable[Any]) -> Iterable[Any]:
         """Wrap a DataLoader for this backend (a device loader on XLA)."""
@@ -116,10 +123,18 @@ class Strategy(ABC):
         return self.precision.convert_input(moved)
 
     def unwrap_model(self, model: nn.Module) -> nn.Module:
-        """The user's module inside whatever wrapper this strategy added."""
-        while hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        return getattr(model, "_orig_mod", model)
+        """The user's module inside the wrappers torch adds (DataParallel/DDP, ``torch.compile``).
+
+        Only known wrapper types are opened: a user module that merely has a ``.module`` attribute
+        is the model itself. Strategies with their own wrapper (DeepSpeed's engine) extend this.
+        """
+        while True:
+            if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+                model = model.module
+            elif _is_compiled(model):
+                model = model.get_submodule("_orig_mod")
+            else:
+                return model
 
     # --------------------------------------------------------------------- step
     def forward_context(self) -> contextlib.AbstractContextManager[Any]:
@@ -201,3 +216,9 @@ class Strategy(ABC):
         self.precision.teardown()
         if self._checkpoint_io is not None:
             self._checkpoint_io.teardown()
+
+
+def _is_compiled(model: nn.Module) -> bool:
+    """Whether ``model`` is ``torch.compile``'s wrapper (dynamo is loaded whenever one exists)."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    return eval_frame is not None and isinstance(model, eval_frame.OptimizedModule)
