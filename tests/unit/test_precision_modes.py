@@ -165,10 +165,16 @@ def test_module_cast_restores_the_very_same_tensors(dtype):
 def test_module_cast_keeps_ties_and_restores_after_an_error():
     model = TiedModel()
     weight = model.embed.weight
-    with pytest.raises(RuntimeError, match="boom"), module_cast_to(model, torch.bfloat16):
-        assert model.out.weight is model.embed.weight
-        assert model.embed.weight.dtype == torch.bfloat16
-        raise RuntimeError("boom")
+    seen = []
+
+    def fail_inside() -> None:
+        with module_cast_to(model, torch.bfloat16):
+            seen.append((model.out.weight is model.embed.weight, model.embed.weight.dtype))
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fail_inside()
+    assert seen == [(True, torch.bfloat16)]
     assert model.embed.weight is weight
     assert model.out.weight is weight
     assert weight.dtype == torch.float32
