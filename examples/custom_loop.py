@@ -4,7 +4,7 @@ A character-level language model on Genesis and Exodus (KJV), trained by a plain
 trainkit contributes two components: ``SingleDeviceStrategy`` (moves the model and batches,
 runs backward / clipping / the optimizer step through the precision) and a ``Precision`` (fp32,
 bf16/fp16 mixed with loss scaling, true half, optional half-precision evaluation). Swap the
-precision by name; the loop does not change.
+precision by name; the loop does not change. Run it with trainkit installed (or PYTHONPATH=src):
 
     python examples/custom_loop.py --precision bf16-mixed --steps 200
     python examples/custom_loop.py --precision fp16-mixed --full-eval bf16 --device cpu

@@ -35,7 +35,6 @@ class MixedPrecision(Precision):
     ) -> None:
         super().__init__(tf32=tf32, eval_precision=eval_precision)
         self.dtype = half_dtype(precision, "MixedPrecision")
-        self.name = f"{precision}-mixed"
         self._precision = precision
         if scaler is not None and precision != "fp16":
             raise ValueError(f"MixedPrecision({precision!r}) takes no GradScaler: only fp16 needs loss scaling")
@@ -45,6 +44,10 @@ class MixedPrecision(Precision):
         self._unscaled: set[int] = set()
         if device_type is not None:
             self._bind_device_type(device_type)
+
+    @property
+    def name(self) -> str:
+        return f"{self._precision}-mixed"
 
     # ------------------------------------------------------------- device type
     def setup(self, device: torch.device | str | None = None) -> None:

@@ -39,8 +39,6 @@ def _import_amp() -> ModuleType:
 class ApexPrecision(Precision):
     """apex ``amp.initialize(model, optimizer, opt_level)`` with apex's dynamic loss scaling."""
 
-    name = "apex"
-
     def __init__(
         self, opt_level: str = "O1", *, tf32: bool | None = None, eval_precision: Precision | None = None
     ) -> None:
@@ -50,6 +48,10 @@ class ApexPrecision(Precision):
         super().__init__(tf32=tf32, eval_precision=eval_precision)
         self.opt_level = opt_level
         self._optimizer: Optimizer | None = None
+
+    @property
+    def name(self) -> str:
+        return "apex"
 
     def setup(self, device: torch.device | str | None = None) -> None:
         if device is not None and torch.device(device).type != "cuda":

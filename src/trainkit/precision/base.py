@@ -24,8 +24,6 @@ __all__ = ["GlobalFlags", "Precision"]
 class Precision:
     """Full fp32 precision (optionally with TF32 matmuls); the base of every precision mode."""
 
-    name = "fp32"
-
     def __init__(self, tf32: bool | None = None, eval_precision: Precision | None = None) -> None:
         if tf32 is not None and not isinstance(tf32, bool):
             raise TypeError(f"{type(self).__name__}: tf32 must be True, False or None, got {tf32!r}")
@@ -34,6 +32,11 @@ class Precision:
         self.device_type: str | None = None
         self.skipped_steps = 0
         self._saved_flags: GlobalFlags | None = None
+
+    @property
+    def name(self) -> str:
+        """The registry name of this mode (``fp32``, ``bf16-mixed``, ``fp16-true``, ...)."""
+        return "fp32"
 
     # ------------------------------------------------------------- global state
     def setup(self, device: torch.device | str | None = None) -> None:

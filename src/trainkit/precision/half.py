@@ -106,8 +106,11 @@ class HalfPrecision(Precision):
     ) -> None:
         super().__init__(tf32=tf32, eval_precision=eval_precision)
         self.dtype = half_dtype(precision, "HalfPrecision")
-        self.name = f"{precision}-true"
         self._precision = precision
+
+    @property
+    def name(self) -> str:
+        return f"{self._precision}-true"
 
     def convert_module(self, module: nn.Module) -> nn.Module:
         return module.to(dtype=self.dtype)
