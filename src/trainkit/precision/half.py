@@ -18,7 +18,7 @@ from torch import nn
 
 from trainkit.precision.base import Precision
 
-__all__ = ["HALF_DTYPES", "HalfPrecision", "cast_floating", "default_dtype", "module_cast_to"]
+__all__ = ["HALF_DTYPES", "HalfPrecision", "cast_floating", "default_dtype", "half_dtype", "module_cast_to"]
 
 HALF_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
