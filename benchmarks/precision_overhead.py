@@ -4,7 +4,7 @@ Both loops train the same model on the same batches with the same optimizer: for
 ``torch.autocast(bf16)``, backward, clip to a global norm, step, zero the gradients. Runs
 alternate (which loop goes first alternates too), and each run restarts from the same weights.
 Prints the median step time of each and ratio = hand-written / trainkit (1.0 = no overhead;
-the target is >= 0.98).
+the target is >= 0.98), and the same ratio of the fastest runs (steadier on a busy machine).
 
 Usage (trainkit installed, or PYTHONPATH=src):
     python benchmarks/precision_overhead.py [--repeats 15] [--steps 20] [--width 512] [--device cpu] [--threads 1]
@@ -116,6 +116,9 @@ def main() -> None:
         spread = f"{min(times[name]) * 1e3:.2f}..{max(times[name]) * 1e3:.2f}"
         print(f"{name:>13}: median {median * 1e3:.2f} ms/step (range {spread})")
     print(f"ratio (hand-written / trainkit, target >= 0.98): {medians['hand-written'] / medians['trainkit']:.3f}")
+    # on a shared machine the fastest runs are the least disturbed ones: a second estimate
+    fastest = {name: min(values) for name, values in times.items()}
+    print(f"ratio of the fastest runs: {fastest['hand-written'] / fastest['trainkit']:.3f}")
 
 
 if __name__ == "__main__":
