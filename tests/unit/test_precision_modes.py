@@ -106,8 +106,10 @@ def test_unscaling_twice_in_one_step_unscales_once():
 def test_tf32_is_applied_by_setup_and_restored_by_teardown(tf32):
     torch.backends.cuda.matmul.allow_tf32 = not tf32
     torch.backends.cudnn.allow_tf32 = not tf32
+    cpu_matmul = getattr(torch.backends.mkldnn.matmul, "fp32_precision", None)
     precision = Precision(tf32=tf32)
     precision.setup("cpu")
+    assert getattr(torch.backends.mkldnn.matmul, "fp32_precision", None) == cpu_matmul  # TF32 is a CUDA flag
     assert torch.backends.cuda.matmul.allow_tf32 is tf32
     assert torch.backends.cudnn.allow_tf32 is tf32
     assert torch.get_float32_matmul_precision() == ("high" if tf32 else "highest")
