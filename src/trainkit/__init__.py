@@ -41,8 +41,10 @@ _EXPORTS: dict[str, str] = {
     "default_data_collator": "trainkit.data.collators",
     "DataCollatorWithPadding": "trainkit.data.collators",
     "Strategy": "trainkit.strategies.base",
-    "SingleDeviceStrategy": "trainkit.strategies.single_device",
-    "Precision": "trainkit.precision.base",
+    "Precision": "trainkit.precision",
+    "MixedPrecision": "trainkit.precision",
+    "HalfPrecision": "trainkit.precision",
+    "SingleDeviceStrategy": "trainkit.strategies",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -65,11 +67,11 @@ if TYPE_CHECKING:
         SchedulerType,
     )
     from trainkit.parser import ArgumentParser, HfArgumentParser
-    from trainkit.precision.base import Precision
+    from trainkit.precision import HalfPrecision, MixedPrecision, Precision
     from trainkit.registry import Registry
     from trainkit.state import TrainerControl, TrainerState
+    from trainkit.strategies import SingleDeviceStrategy
     from trainkit.strategies.base import Strategy
-    from trainkit.strategies.single_device import SingleDeviceStrategy
     from trainkit.trainer import Trainer
     from trainkit.trainer_utils import EvalPrediction, PredictionOutput, TrainOutput
     from trainkit.utils.seed import enable_full_determinism, set_seed

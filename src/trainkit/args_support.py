@@ -24,7 +24,7 @@ __all__ = [
 
 # Issues whose features are on main. A "supported" field whose issue is not listed here is
 # refused (when set to a non-default value) with a message naming the issue.
-IMPLEMENTED_ISSUES: frozenset[int] = frozenset({2, 3, 5, 6})
+IMPLEMENTED_ISSUES: frozenset[int] = frozenset({2, 3, 4, 5, 6})
 
 
 class UnsupportedArgumentError(ValueError):
@@ -107,13 +107,15 @@ FIELD_SUPPORT: dict[str, FieldSupport] = {
     "data_seed": _s(5, "Seed of the training sampler."),
     "jit_mode_eval": _no("torch.jit tracing is deprecated in PyTorch; use torch_compile for faster inference."),
     "use_ipex": _no("Intel Extension for PyTorch is not integrated."),
-    "bf16": _s(4, "bf16 mixed precision (MixedPrecision('bf16'))."),
-    "fp16": _s(4, "fp16 mixed precision with a GradScaler."),
-    "fp16_opt_level": _s(4, "apex opt level, used with half_precision_backend='apex'."),
-    "half_precision_backend": _s(4, "'auto', 'cuda_amp', 'cpu_amp' or 'apex'."),
+    "bf16": _s(4, "bf16 mixed precision (MixedPrecision('bf16')); refused on a CUDA device without bf16."),
+    "fp16": _s(4, "fp16 mixed precision with a GradScaler, on CUDA and on the CPU (MixedPrecision('fp16'))."),
+    "fp16_opt_level": _s(4, "apex opt level; a value other than 'O1' needs half_precision_backend='apex'."),
+    "half_precision_backend": _s(
+        4, "'auto' (the device's autocast), 'cuda_amp', 'cpu_amp' (checked against the device) or 'apex'."
+    ),
     "bf16_full_eval": _s(4, "Evaluation with the model cast to bf16, restored afterwards."),
     "fp16_full_eval": _s(4, "Evaluation with the model cast to fp16, restored afterwards."),
-    "tf32": _s(4, "Applied by the Precision's setup() and restored by teardown()."),
+    "tf32": _s(4, "Applied by the Precision's setup(), restored by teardown(); True needs an Ampere+ CUDA device."),
     "local_rank": _s(2, "Read from LOCAL_RANK; launchers set it."),
     "ddp_backend": _s(8, "Process-group backend (gloo on CPU, nccl on CUDA by default)."),
     "tpu_num_cores": _no("Launch XLA processes with torchrun/PJRT; the core count comes from the runtime."),

@@ -29,10 +29,72 @@ class Components:
 
 
 def build_precision(args: TrainingArguments, device: torch.device) -> Precision:
-    """The training Precision for ``args`` on ``device`` (fp32 with the tf32 flag until issue 4)."""
-    from trainkit.precision.base import Precision
+    """The training Precision for ``args`` on ``device``, with the full-eval precision attached.
 
-    return Precision(tf32=args.tf32)
+    ``fp16``/``bf16`` pick mixed precision (``half_precision_backend='apex'`` picks apex AMP with
+    ``fp16_opt_level``), ``tf32`` is a flag of any mode, and ``fp16_full_eval``/``bf16_full_eval``
+    become the ``eval_precision`` (a true-half precision used inside ``eval_context`` only).
+    Contradictions and modes that ``device`` cannot run raise ValueError naming both.
+    """
+    from trainkit.precision import PRECISIONS
+
+    device = torch.device(device)
+    _check_precision_flags(args)
+    _check_device_runs(args, device)
+    eval_name = "fp16-true" if args.fp16_full_eval else "bf16-true" if args.bf16_full_eval else None
+    eval_precision = PRECISIONS.get(eval_name) if eval_name else None
+    if args.fp16 and args.half_precision_backend == "apex":
+        return PRECISIONS.get("apex", opt_level=args.fp16_opt_level, tf32=args.tf32, eval_precision=eval_precision)
+    name = "fp16-mixed" if args.fp16 else "bf16-mixed" if args.bf16 else "fp32"
+    return PRECISIONS.get(name, tf32=args.tf32, eval_precision=eval_precision)
+
+
+def _check_precision_flags(args: TrainingArguments) -> None:
+    """Refuse combinations that contradict each other or would silently do nothing."""
+    if args.fp16 and args.bf16:
+        raise ValueError("TrainingArguments: fp16=True and bf16=True are exclusive; choose one")
+    if args.fp16_full_eval and args.bf16_full_eval:
+        raise ValueError("TrainingArguments: fp16_full_eval=True and bf16_full_eval=True are exclusive; choose one")
+    backend = args.half_precision_backend
+    if backend == "apex" and args.bf16:
+        raise ValueError("TrainingArguments: half_precision_backend='apex' does not support bf16=True (apex is fp16)")
+    if backend != "auto" and not (args.fp16 or args.bf16):
+        raise ValueError(
+            f"TrainingArguments: half_precision_backend={backend!r} has no effect without fp16=True or bf16=True"
+        )
+    if args.fp16_opt_level != "O1" and backend != "apex":
+        raise ValueError(
+            f"TrainingArguments: fp16_opt_level={args.fp16_opt_level!r} is an apex setting; it needs "
+            f"half_precision_backend='apex' (got {backend!r})"
+        )
+
+
+_BACKEND_DEVICE = {"cuda_amp": "cuda", "cpu_amp": "cpu", "apex": "cuda"}
+
+
+def _check_device_runs(args: TrainingArguments, device: torch.device) -> None:
+    """Refuse a precision mode that ``device`` cannot run, naming the device and the mode."""
+    mode = "fp16" if args.fp16 else "bf16" if args.bf16 else None
+    needed = _BACKEND_DEVICE.get(args.half_precision_backend)
+    if mode and needed and device.type != needed:
+        raise ValueError(
+            f"TrainingArguments: {mode}=True with half_precision_backend={args.half_precision_backend!r} "
+            f"needs a {needed.upper()} device, but the device is {device}"
+        )
+    uses_bf16 = [name for name in ("bf16", "bf16_full_eval") if getattr(args, name)]
+    if uses_bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise ValueError(
+            f"TrainingArguments: {uses_bf16[0]}=True needs a device with bfloat16 support; "
+            f"{device} ({torch.cuda.get_device_name(device)}) has none (Ampere or newer is needed)"
+        )
+    if args.tf32 and not _supports_tf32(device):
+        raise ValueError(
+            f"TrainingArguments: tf32=True needs a CUDA device of the Ampere generation or newer, got {device}"
+        )
+
+
+def _supports_tf32(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def build_components(

@@ -278,6 +278,12 @@ class Trainer(EvaluationMixin, MetricsReportingMixin):
     def _after_training(self) -> None:
         """Hook run when the loop ends, before the train metrics are logged."""
 
+    def _prepare_model(self) -> None:
+        """Move (and wrap, for distributed strategies) the model once, before training or evaluation."""
+        if self._wrapped_for is not self.model:
+            self.model_wrapped = self.strategy.setup_module(self.model)
+            self._wrapped_for = self.model
+
     def _remove_neftune(self) -> None:
         if self._neftune_hook is not None:
             self._neftune_hook.remove()

@@ -43,6 +43,9 @@ class EvaluationMixin:
     def _collator(self, dataset: Any, description: str) -> Any:
         raise NotImplementedError
 
+    def _prepare_model(self) -> None:
+        raise NotImplementedError
+
     def compute_loss(
         self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
@@ -130,6 +133,7 @@ class EvaluationMixin:
         metric_key_prefix: str = "eval",
     ) -> EvalLoopOutput:
         """The loop shared by ``evaluate`` and ``predict`` (override to change how batches are run)."""
+        self._prepare_model()
         return EvaluationLoop(self).run(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)  # type: ignore[arg-type]
 
     def prediction_step(

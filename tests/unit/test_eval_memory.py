@@ -27,7 +27,7 @@ def growth_mb(mode: str, n: int = 100) -> float:
 @pytest.mark.parametrize("mode", ["loss_only", "streaming"])
 def test_loss_only_and_streaming_memory_is_bounded(mode):
     # 2,000 sequences of 32 tokens x 256 logits would be 64 MB of predictions if they were kept
-    assert growth_mb(mode) < 4.0
+    assert growth_mb(mode) < 5.0
 
 
 def test_keeping_predictions_is_visible_to_the_measure():

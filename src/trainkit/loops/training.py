@@ -30,9 +30,7 @@ def prepare_model_and_optimizer(trainer: Trainer, num_training_steps: int) -> No
         enable_gradient_checkpointing(trainer.model, args.gradient_checkpointing_kwargs)
     if args.neftune_noise_alpha is not None and trainer._neftune_hook is None:
         trainer._neftune_hook = activate_neftune(trainer.model, args.neftune_noise_alpha)
-    if trainer.model_wrapped is trainer.model or trainer._wrapped_for is not trainer.model:
-        trainer.model_wrapped = strategy.setup_module(trainer.model)
-        trainer._wrapped_for = trainer.model
+    trainer._prepare_model()
     trainer.create_optimizer_and_scheduler(num_training_steps=num_training_steps)
     wrapped, optimizer, scheduler = strategy.setup_optimizers(
         trainer.model_wrapped, trainer.optimizer, trainer.lr_scheduler

@@ -2,53 +2,47 @@
 
 Mixed and half modes override a few hooks; the Strategy calls the same methods whatever
 the mode, so no loop ever branches on the precision. ``tf32`` is a flag of every mode,
-applied in ``setup()`` and restored in ``teardown()``.
+applied in ``setup()`` and restored in ``teardown()``. ``eval_precision`` (any Precision)
+replaces this one inside ``eval_context``: that is how ``fp16_full_eval``/``bf16_full_eval``
+combine with any training precision.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from trainkit.precision.flags import GlobalFlags, set_tf32
+
 __all__ = ["NULL_CONTEXT", "GlobalFlags", "Precision"]
 
 NULL_CONTEXT = contextlib.nullcontext()  # reusable: entering it twice is fine, and it costs nothing per step
 
 
-class GlobalFlags:
-    """Snapshot and restore of the process-global numeric flags a precision may touch."""
-
-    def __init__(self) -> None:
-        self.matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
-        self.cudnn_tf32 = torch.backends.cudnn.allow_tf32
-        self.matmul_precision = torch.get_float32_matmul_precision()
-        self.default_dtype = torch.get_default_dtype()
-
-    def restore(self) -> None:
-        torch.backends.cuda.matmul.allow_tf32 = self.matmul_tf32
-        torch.backends.cudnn.allow_tf32 = self.cudnn_tf32
-        torch.set_float32_matmul_precision(self.matmul_precision)
-        torch.set_default_dtype(self.default_dtype)
-
-
 class Precision:
     """Full fp32 precision (optionally with TF32 matmuls); the base of every precision mode."""
 
-    name = "fp32"
-    # Capability: True when optimizer_step itself detects inf/NaN gradients and skips (a GradScaler),
-    # so the loop leaves gradient overflow to it rather than skipping on a non-finite gradient norm.
+    # Capability: True when optimizer_step itself detects inf/NaN gradients and skips the step (a
+    # GradScaler), so the loop leaves gradient overflow to it instead of skipping on the gradient norm.
     skips_nonfinite_gradients = False
 
-    def __init__(self, tf32: bool | None = None) -> None:
+    def __init__(self, tf32: bool | None = None, eval_precision: Precision | None = None) -> None:
+        if tf32 is not None and not isinstance(tf32, bool):
+            raise TypeError(f"{type(self).__name__}: tf32 must be True, False or None, got {tf32!r}")
         self.tf32 = tf32
-        self.device_type = "cpu"
+        self.eval_precision = eval_precision
+        self.device_type: str | None = None
         self.skipped_steps = 0
         self._saved_flags: GlobalFlags | None = None
+
+    @property
+    def name(self) -> str:
+        """The registry name of this mode (``fp32``, ``bf16-mixed``, ``fp16-true``, ...)."""
+        return "fp32"
 
     # ------------------------------------------------------------- global state
     def setup(self, device: torch.device | str | None = None) -> None:
@@ -58,11 +52,14 @@ class Precision:
         if self._saved_flags is None:
             self._saved_flags = GlobalFlags()
         if self.tf32 is not None:
-            torch.backends.cuda.matmul.allow_tf32 = self.tf32
-            torch.backends.cudnn.allow_tf32 = self.tf32
-            torch.set_float32_matmul_precision("high" if self.tf32 else "highest")
+            set_tf32(self.tf32)
+        if self.eval_precision is not None:
+            self.eval_precision.setup(device)
 
     def teardown(self) -> None:
+        """Put back every process-global flag ``setup()`` found (the eval precision's too)."""
+        if self.eval_precision is not None:
+            self.eval_precision.teardown()
         if self._saved_flags is not None:
             self._saved_flags.restore()
             self._saved_flags = None
@@ -72,15 +69,26 @@ class Precision:
         """Cast the module's parameters where the mode stores them in half (true-half modes)."""
         return module
 
+    def connect(self, module: nn.Module, optimizer: Optimizer | None) -> tuple[nn.Module, Optimizer | None]:
+        """Bind the precision to the module (already on its device) and its optimizer; identity here.
+
+        apex's ``amp.initialize`` needs both at once, which is why this hook exists.
+        """
+        return module, optimizer
+
     def forward_context(self) -> contextlib.AbstractContextManager[Any]:
         """The context of training forward passes (``torch.autocast`` in mixed modes)."""
         return NULL_CONTEXT
 
-    @contextlib.contextmanager
-    def eval_context(self, module: nn.Module) -> Iterator[None]:
-        """The context of evaluation forward passes (full-eval modes cast the module here)."""
-        with self.forward_context():
-            yield
+    def eval_context(self, module: nn.Module) -> contextlib.AbstractContextManager[Any]:
+        """The context of evaluation forward passes: the eval precision's when one is set, else this mode's."""
+        if self.eval_precision is not None:
+            return self.eval_precision.eval_context(module)
+        return self._eval_context(module)
+
+    def _eval_context(self, module: nn.Module) -> contextlib.AbstractContextManager[Any]:
+        """This mode's own evaluation context: the training forward context."""
+        return self.forward_context()
 
     def convert_input(self, data: Any) -> Any:
         """Cast floating-point inputs where the mode needs it."""
@@ -92,6 +100,7 @@ class Precision:
         return loss
 
     def backward(self, loss: torch.Tensor, module: nn.Module | None = None) -> None:
+        """Run backward on the (scaled) loss."""
         loss.backward()
 
     def post_backward(self, loss: torch.Tensor, module: nn.Module | None = None) -> None:
@@ -107,7 +116,7 @@ class Precision:
         return True
 
     def skip_step(self, optimizer: Optimizer) -> None:
-        """The caller skips this step (a non-finite loss): settle any per-step state (a scaler's update)."""
+        """The caller skips this step (a non-finite loss): settle per-step state (a scaler's update)."""
         self.skipped_steps += 1
 
     # ------------------------------------------------------------------- state
@@ -116,8 +125,15 @@ class Precision:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict()``'s output; a mode without state accepts only an empty dict."""
         if state:
             raise ValueError(f"{type(self).__name__} has no state to load, got keys {sorted(state)}")
 
+    def _repr_fields(self) -> list[str]:
+        fields = [f"tf32={self.tf32}"]
+        if self.eval_precision is not None:
+            fields.append(f"eval_precision={self.eval_precision!r}")
+        return fields
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(tf32={self.tf32})"
+        return f"{type(self).__name__}({', '.join(self._repr_fields())})"

@@ -9,6 +9,7 @@ device loader. On one process every collective is a no-op.
 from __future__ import annotations
 
 import contextlib
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any
@@ -113,14 +114,16 @@ class Strategy(ABC):
         return self.setup_optimizers(model, optimizer, scheduler)
 
     def setup_module(self, model: nn.Module) -> nn.Module:
-        """Cast for the precision, move to the device, and wrap (DDP) or shard (FSDP) in subclasses."""
-        model = self.precision.convert_module(model)
-        return model.to(self.root_device)
+        """Convert for the precision, move to the device (a half model moves half the bytes), and
+        wrap (DDP) or shard (FSDP) in subclasses."""
+        return self.precision.convert_module(model).to(self.root_device)
 
     def setup_optimizers(
         self, model: nn.Module, optimizer: Optimizer | None, scheduler: Any
     ) -> tuple[nn.Module, Optimizer | None, Any]:
-        """Attach the optimizer and scheduler (DeepSpeed builds its engine here); identity by default."""
+        """Connect the precision to the module and its optimizer (apex's ``amp.initialize`` needs both);
+        DeepSpeed builds its engine here."""
+        model, optimizer = self.precision.connect(model, optimizer)
         return model, optimizer, scheduler
 
     def process_dataloader(self, dataloader: Iterable[Any]) -> Iterable[Any]:
@@ -137,10 +140,18 @@ class Strategy(ABC):
         return self._precision.convert_input(moved)
 
     def unwrap_model(self, model: nn.Module) -> nn.Module:
-        """The user's module inside whatever wrapper this strategy added."""
-        while hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        return getattr(model, "_orig_mod", model)
+        """The user's module inside the wrappers torch adds (DataParallel/DDP, ``torch.compile``).
+
+        Only known wrapper types are opened: a user module that merely has a ``.module`` attribute
+        is the model itself. Strategies with their own wrapper (DeepSpeed's engine) extend this.
+        """
+        while True:
+            if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+                model = model.module
+            elif _is_compiled(model):
+                model = model.get_submodule("_orig_mod")
+            else:
+                return model
 
     # --------------------------------------------------------------------- step
     def forward_context(self) -> contextlib.AbstractContextManager[Any]:
@@ -227,3 +238,9 @@ class Strategy(ABC):
         self.precision.teardown()
         if self._checkpoint_io is not None:
             self._checkpoint_io.teardown()
+
+
+def _is_compiled(model: nn.Module) -> bool:
+    """Whether ``model`` is ``torch.compile``'s wrapper (dynamo is loaded whenever one exists)."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    return eval_frame is not None and isinstance(model, eval_frame.OptimizedModule)

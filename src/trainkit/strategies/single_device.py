@@ -39,7 +39,8 @@ class SingleDeviceStrategy(Strategy):
         return self._device
 
     def setup_environment(self) -> None:
-        if self._device.type == "cuda":
+        """Make the CUDA device current (when one is named by index) and apply the precision's flags."""
+        if self._device.type == "cuda" and self._device.index is not None:
             torch.cuda.set_device(self._device)
         super().setup_environment()
 
