@@ -90,6 +90,7 @@ class Trainer(EvaluationMixin, MetricsReportingMixin):
         components = build_components(self.args, strategy=strategy, precision=precision, checkpoint_io=checkpoint_io)
         self.strategy = components.strategy
         self.strategy.setup_environment()
+        self._set_log_level()
         self.model: nn.Module = model
         self.model_wrapped: nn.Module = model
         self._wrapped_for: nn.Module | None = None
@@ -135,6 +136,12 @@ class Trainer(EvaluationMixin, MetricsReportingMixin):
             enable_full_determinism(self.args.seed)
         else:
             set_seed(self.args.seed)
+
+    def _set_log_level(self) -> None:
+        """``log_level`` on the logging process(es), ``log_level_replica`` elsewhere (transformers' rule)."""
+        import logging
+
+        logging.getLogger("trainkit").setLevel(self.args.get_process_log_level())
 
     def call_model_init(self, trial: Any = None) -> nn.Module:
         assert self.model_init is not None
