@@ -313,9 +313,16 @@ class TrainingArguments(ArgumentSetters):
 
     @contextlib.contextmanager
     def main_process_first(self, local: bool = True, desc: str = "work") -> Iterator[None]:
-        """Run the block on the (local) main process first; the others wait at a barrier, then run it."""
+        """Run the block on the (local) main process first; the others wait at a barrier, then run it.
+
+        Under torchrun it starts the process group when no Trainer has yet (the Trainer then joins it).
+        """
         import torch.distributed as dist
 
+        if dist.is_available() and not dist.is_initialized():
+            from trainkit.strategies.parallel import start_from_arguments
+
+            start_from_arguments(self)
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             yield
             return

@@ -24,7 +24,7 @@ __all__ = [
 
 # Issues whose features are on main. A "supported" field whose issue is not listed here is
 # refused (when set to a non-default value) with a message naming the issue.
-IMPLEMENTED_ISSUES: frozenset[int] = frozenset({2, 3, 4, 5, 6})
+IMPLEMENTED_ISSUES: frozenset[int] = frozenset({2, 3, 4, 5, 6, 8})
 
 
 class UnsupportedArgumentError(ValueError):
@@ -95,7 +95,7 @@ FIELD_SUPPORT: dict[str, FieldSupport] = {
     "save_steps": _s(5, "Int, or a float in (0, 1) as a ratio of total steps."),
     "save_total_limit": _s(7, "Rotation that never deletes the latest or the best checkpoint."),
     "save_safetensors": _s(7, "False saves torch pickles (loaded with weights_only=True)."),
-    "save_on_each_node": _s(7, "Each node's local main process writes."),
+    "save_on_each_node": _s(8, "Each node's local main process writes (save_model too)."),
     "save_only_model": _s(7, "Checkpoints without optimizer, scheduler or RNG state (cannot resume)."),
     "restore_callback_states_from_checkpoint": _s(7, "Stateful callbacks are restored on resume."),
     "no_cuda": _alias("Deprecated name of use_cpu."),
@@ -116,8 +116,10 @@ FIELD_SUPPORT: dict[str, FieldSupport] = {
     "bf16_full_eval": _s(4, "Evaluation with the model cast to bf16, restored afterwards."),
     "fp16_full_eval": _s(4, "Evaluation with the model cast to fp16, restored afterwards."),
     "tf32": _s(4, "Applied by the Precision's setup(), restored by teardown(); True needs an Ampere+ CUDA device."),
-    "local_rank": _s(2, "Read from LOCAL_RANK; launchers set it."),
-    "ddp_backend": _s(8, "Process-group backend (gloo on CPU, nccl on CUDA by default)."),
+    "local_rank": _s(2, "Read from LOCAL_RANK; fills it in when a legacy launcher passes --local_rank instead."),
+    "ddp_backend": _s(
+        8, "Process-group backend under torchrun (gloo on CPU, nccl on CUDA by default; nccl on CPU is refused)."
+    ),
     "tpu_num_cores": _no("Launch XLA processes with torchrun/PJRT; the core count comes from the runtime."),
     "tpu_metrics_debug": _alias("Deprecated: becomes debug='tpu_metrics_debug' (which is refused)."),
     "debug": _no("'underflow_overflow' and 'tpu_metrics_debug' are not implemented."),
@@ -136,9 +138,16 @@ FIELD_SUPPORT: dict[str, FieldSupport] = {
     ),
     "greater_is_better": _s(6, "Defaults to False for metrics ending in 'loss'."),
     "ignore_data_skip": _s(7, "On resume, start the epoch from its beginning."),
-    "fsdp": _s(8, "FSDP2 fully_shard options."),
+    "fsdp": _s(
+        8,
+        "FSDP2 (fully_shard) under torchrun: full_shard, shard_grad_op, hybrid_shard(_zero2) (needs several nodes), "
+        "no_shard, offload (CPUOffloadPolicy), auto_wrap. Checkpoint saving and save_model with fsdp arrive in issue 8 "
+        "phase B (refused until then). See docs/distributed.md.",
+    ),
     "fsdp_min_num_params": _alias("Deprecated: copied into fsdp_config['min_num_params']."),
-    "fsdp_config": _s(8, "FSDP2 configuration keys."),
+    "fsdp_config": _s(
+        8, "Every transformers key mapped to FSDP2 or refused with the reason; unknown keys are refused."
+    ),
     "fsdp_transformer_layer_cls_to_wrap": _alias("Deprecated: copied into fsdp_config."),
     "accelerator_config": _no(
         "accelerate's AcceleratorConfig has no meaning without accelerate; the Strategy objects take these settings."
@@ -155,9 +164,11 @@ FIELD_SUPPORT: dict[str, FieldSupport] = {
     "report_to": _s(2, "'tensorboard', 'jsonl', 'all' (installed ones) or 'none'; None means 'all' (4.37)."),
     "project": _no("trackio is not integrated."),
     "trackio_space_id": _no("trackio is not integrated."),
-    "ddp_find_unused_parameters": _s(8, "DDP find_unused_parameters."),
-    "ddp_bucket_cap_mb": _s(8, "DDP bucket_cap_mb."),
-    "ddp_broadcast_buffers": _s(8, "DDP broadcast_buffers."),
+    "ddp_find_unused_parameters": _s(
+        8, "DDP find_unused_parameters; None: True unless the model uses gradient checkpointing."
+    ),
+    "ddp_bucket_cap_mb": _s(8, "DDP bucket_cap_mb (None: DDP's 25)."),
+    "ddp_broadcast_buffers": _s(8, "DDP broadcast_buffers (None: DDP's True)."),
     "dataloader_pin_memory": _s(5, "Pinned memory when an accelerator is used."),
     "dataloader_persistent_workers": _s(5, "Persistent DataLoader workers."),
     "skip_memory_metrics": _s(5, "False adds the memory report to the metrics."),
@@ -184,7 +195,7 @@ FIELD_SUPPORT: dict[str, FieldSupport] = {
     "full_determinism": _s(5, "enable_full_determinism(seed) at the start of train()."),
     "torchdynamo": _alias("Deprecated: becomes torch_compile_backend."),
     "ray_scope": _no("hyperparameter_search is not implemented."),
-    "ddp_timeout": _s(8, "Process-group timeout."),
+    "ddp_timeout": _s(8, "Process-group timeout: a dead or hung rank makes the others fail after it."),
     "torch_compile": _s(5, "torch.compile applied once, logged."),
     "torch_compile_backend": _s(5, "torch.compile backend."),
     "torch_compile_mode": _s(5, "torch.compile mode."),
@@ -198,8 +209,12 @@ FIELD_SUPPORT: dict[str, FieldSupport] = {
     "eval_on_start": _s(6, "A sanity evaluation before the first step."),
     "use_liger_kernel": _no("Liger kernels are not integrated."),
     "liger_kernel_config": _no("Liger kernels are not integrated."),
-    "eval_use_gather_object": _s(8, "Non-tensor predictions gathered with all_gather_object."),
-    "average_tokens_across_devices": _s(5, "Token count summed across ranks (default True)."),
+    "eval_use_gather_object": _s(
+        8, "Predictions/labels gathered with all_gather_object as per-example lists (lists or tensors per batch)."
+    ),
+    "average_tokens_across_devices": _s(
+        5, "Token count summed across ranks (default True): DDP/FSDP equal one process with the global batch."
+    ),
 }
 
 

@@ -7,10 +7,13 @@ Trainer (``strategy=``, ``precision=``, ``checkpoint_io=``) override what the ar
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from trainkit.utils.logging import get_logger
 
 if TYPE_CHECKING:
     from trainkit.args import TrainingArguments
@@ -18,7 +21,9 @@ if TYPE_CHECKING:
     from trainkit.precision.base import Precision
     from trainkit.strategies.base import Strategy
 
-__all__ = ["Components", "build_components", "build_precision"]
+__all__ = ["Components", "build_components", "build_precision", "build_strategy"]
+
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -97,6 +102,85 @@ def _supports_tf32(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
 
 
+def build_strategy(args: TrainingArguments, environ: Mapping[str, str] | None = None) -> Strategy:
+    """The Strategy for ``args`` in this process's environment.
+
+    Under torchrun (``RANK``/``WORLD_SIZE`` set): ``FSDPStrategy`` when ``fsdp`` is set, else
+    ``DDPStrategy``. Without a launcher: ``SingleDeviceStrategy``; ``fsdp`` is then an error (it
+    needs one process per device), while ``ddp_*`` values only take effect under torchrun.
+    """
+    from trainkit.strategies.environment import TORCHRUN_HINT, ProcessEnvironment
+
+    env = ProcessEnvironment.from_environ(environ, args.local_rank)
+    options = [str(getattr(o, "value", o)) for o in args.fsdp or []]  # type: ignore[union-attr]
+    if args.fsdp_config and not options:
+        raise ValueError(
+            "TrainingArguments.fsdp_config is set but fsdp is empty: add fsdp='full_shard' (or another sharding) "
+            "to train with FSDP, or drop fsdp_config"
+        )
+    if options:
+        if not env.launched:
+            raise ValueError(
+                f"TrainingArguments.fsdp={' '.join(options)!r} runs one process per device: {TORCHRUN_HINT}"
+            )
+        return _fsdp_strategy(args, options, env)
+    if env.launched:
+        from trainkit.strategies.ddp import DDPStrategy
+
+        return DDPStrategy(
+            find_unused_parameters=args.ddp_find_unused_parameters,
+            bucket_cap_mb=args.ddp_bucket_cap_mb,
+            broadcast_buffers=args.ddp_broadcast_buffers,
+            environment=env,
+            **_process_group_kwargs(args),
+        )
+    from trainkit.strategies.single_device import SingleDeviceStrategy, default_device
+
+    unused = [name for name in (*_DDP_ONLY, "ddp_backend") if getattr(args, name) is not None]
+    if unused:
+        logger.info("%s take effect under torchrun only; this is a single process", ", ".join(unused))
+    return SingleDeviceStrategy(device=default_device(args.use_cpu))
+
+
+_DDP_ONLY = ("ddp_find_unused_parameters", "ddp_bucket_cap_mb", "ddp_broadcast_buffers")
+
+
+def _process_group_kwargs(args: TrainingArguments) -> dict[str, Any]:
+    return {"backend": args.ddp_backend, "timeout": args.ddp_timeout, "use_cpu": args.use_cpu}
+
+
+def _fsdp_strategy(args: TrainingArguments, options: list[str], env: Any) -> Strategy:
+    from trainkit.strategies.fsdp import FSDPStrategy
+    from trainkit.strategies.fsdp_options import fsdp_strategy_kwargs
+
+    ddp_set = [name for name in _DDP_ONLY if getattr(args, name) is not None]
+    if ddp_set:
+        raise ValueError(
+            f"TrainingArguments: {', '.join(ddp_set)} configure DDP and have no effect with fsdp; unset them"
+        )
+    if args.gradient_checkpointing and {"full_shard", "hybrid_shard"} & set(options):
+        logger.warning(
+            "gradient_checkpointing with fsdp full sharding repeats an all-gather in backward; "
+            "fsdp_config['activation_checkpointing'] avoids it"
+        )
+    config = args.fsdp_config if isinstance(args.fsdp_config, dict) else None  # normalised to a dict by the args
+    kwargs = fsdp_strategy_kwargs(options, config, args.gradient_checkpointing)
+    return FSDPStrategy(environment=env, **kwargs, **_process_group_kwargs(args))
+
+
+def _check_combination(args: TrainingArguments, strategy: Strategy, precision: Precision) -> None:
+    """Refuse a precision the strategy cannot run, naming the arguments involved."""
+    if strategy.shards_parameters and precision.eval_precision is not None:
+        raise ValueError(
+            "TrainingArguments: fp16_full_eval / bf16_full_eval cannot run with fsdp: FSDP2 owns the parameters, "
+            "so the model cannot be cast for evaluation; evaluate in the training precision (fp16/bf16 mixed)"
+        )
+    if strategy.shards_parameters and precision.name == "apex":
+        raise ValueError(
+            "TrainingArguments: half_precision_backend='apex' cannot run with fsdp; use 'auto' (torch.amp)"
+        )
+
+
 def build_components(
     args: TrainingArguments,
     strategy: Strategy | None = None,
@@ -104,12 +188,11 @@ def build_components(
     checkpoint_io: CheckpointIO | None = None,
 ) -> Components:
     """Strategy, precision and checkpoint IO for ``args``; given objects win over the arguments."""
-    from trainkit.strategies.single_device import SingleDeviceStrategy, default_device
-
     if strategy is None:
-        strategy = SingleDeviceStrategy(device=default_device(args.use_cpu))
+        strategy = build_strategy(args)
     if precision is None:
         precision = build_precision(args, strategy.root_device)
+    _check_combination(args, strategy, precision)
     strategy.precision = precision
     if checkpoint_io is not None:
         strategy.checkpoint_io = checkpoint_io

@@ -271,6 +271,17 @@ class Trainer(EvaluationMixin, MetricsReportingMixin):
         self.is_in_train = True
         try:
             return run_training(self, resume)
+        except Exception as err:
+            if self.strategy.world_size > 1:  # each rank logs apart: say which one failed, and where
+                logger.error(
+                    "Rank %d of %d failed at step %d: %s: %s",
+                    self.strategy.global_rank,
+                    self.strategy.world_size,
+                    self.state.global_step,
+                    type(err).__name__,
+                    err,
+                )
+            raise
         finally:
             self.is_in_train = False
 
@@ -411,14 +422,24 @@ class Trainer(EvaluationMixin, MetricsReportingMixin):
     def _save_checkpoint(self, metrics: dict[str, float] | None = None) -> None:
         raise NotImplementedError("checkpoints arrive with the checkpoint manager (issue 7)")
 
+    def _is_saving_process(self) -> bool:
+        """The world's main process, or each node's with ``save_on_each_node`` (transformers' ``should_save``)."""
+        return self.strategy.is_local_zero if self.args.save_on_each_node else self.strategy.is_global_zero
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Write the weights as ``model.safetensors`` (and the model's config / processing class)."""
         import os
 
         from safetensors.torch import save_model
 
+        if self.strategy.shards_parameters:
+            raise NotImplementedError(
+                f"save_model with {type(self.strategy).__name__}: the consolidated model.safetensors arrives with "
+                "sharded checkpoints (issue 8 phase B); meanwhile call strategy.model_state_dict(model) on every "
+                "rank and save the full state dict it returns on rank 0"
+            )
         folder = output_dir or self.args.output_dir
-        if not self.is_world_process_zero():
+        if not self._is_saving_process():
             return
         os.makedirs(folder, exist_ok=True)
         model = self.strategy.unwrap_model(self.model)

@@ -80,7 +80,7 @@ class MetricsAdapter:
             if self.torchmetrics:
                 self.fn.update(logits, labels)
             else:
-                losses = loss.reshape(1) if isinstance(loss, torch.Tensor) else loss
+                losses = loss.reshape(1) if isinstance(loss, torch.Tensor) and loss.ndim == 0 else loss
                 result = self.fn(self._prediction(logits, labels, inputs, losses), compute_result=last)
                 if last:
                     self._last = plain_metrics(result)

@@ -42,12 +42,30 @@ class MixedPrecision(Precision):
         self._explicit_device_type = device_type
         self._pending_scaler_state: dict[str, Any] | None = None
         self._unscaled: set[int] = set()
+        self._sharded_gradients = False
         if device_type is not None:
             self._bind_device_type(device_type)
 
     @property
     def name(self) -> str:
         return f"{self._precision}-mixed"
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.dtype
+
+    def enable_sharded_gradients(self) -> None:
+        """fp16: use a GradScaler whose inf/NaN check is agreed across gradient shards (FSDP)."""
+        self._sharded_gradients = True
+        self._shard_scaler()
+
+    def _shard_scaler(self) -> None:
+        if not self._sharded_gradients or self.scaler is None or self.device_type is None:
+            return
+        from trainkit.precision.sharded_scaler import ShardedGradScaler, sharded_copy
+
+        if not isinstance(self.scaler, ShardedGradScaler):
+            self.scaler = sharded_copy(self.scaler, self.device_type)
 
     # ------------------------------------------------------------- device type
     def setup(self, device: torch.device | str | None = None) -> None:
@@ -69,6 +87,7 @@ class MixedPrecision(Precision):
             if self._pending_scaler_state:
                 self.scaler.load_state_dict(self._pending_scaler_state)
             self._pending_scaler_state = None
+        self._shard_scaler()
 
     def _require_device_type(self) -> str:
         if self.device_type is None:

@@ -53,6 +53,12 @@ class ApexPrecision(Precision):
     def name(self) -> str:
         return "apex"
 
+    def enable_sharded_gradients(self) -> None:
+        raise ValueError(
+            "apex AMP cannot scale sharded gradients (FSDP): use fp16=True with half_precision_backend='auto' "
+            "(torch.amp) instead of 'apex'"
+        )
+
     def setup(self, device: torch.device | str | None = None) -> None:
         if device is not None and torch.device(device).type != "cuda":
             raise ValueError(f"ApexPrecision (apex AMP {self.opt_level}) needs a CUDA device, got {str(device)!r}")

@@ -44,6 +44,17 @@ class Precision:
         """The registry name of this mode (``fp32``, ``bf16-mixed``, ``fp16-true``, ...)."""
         return "fp32"
 
+    @property
+    def compute_dtype(self) -> torch.dtype | None:
+        """The half dtype forward passes compute in (None: float32); FSDP all-gathers parameters in it."""
+        return None
+
+    def enable_sharded_gradients(self) -> None:
+        """Gradients will be sharded across ranks (FSDP): inf/NaN checks must then agree across the shards.
+
+        Nothing to do without a loss scaler; fp16 mixed precision swaps in a sharded GradScaler.
+        """
+
     # ------------------------------------------------------------- global state
     def setup(self, device: torch.device | str | None = None) -> None:
         """Apply process-global flags (tf32) for ``device``; ``teardown()`` restores them."""

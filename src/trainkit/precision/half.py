@@ -112,6 +112,10 @@ class HalfPrecision(Precision):
     def name(self) -> str:
         return f"{self._precision}-true"
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.dtype
+
     def convert_module(self, module: nn.Module) -> nn.Module:
         return module.to(dtype=self.dtype)
 

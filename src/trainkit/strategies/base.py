@@ -37,6 +37,10 @@ def _all_on(batch: dict[Any, Any], device: torch.device) -> bool:
 class Strategy(ABC):
     """Base class of every strategy; the single-process defaults live here."""
 
+    # Capability: True when each rank holds only a shard of the parameters (FSDP), so a full state
+    # dict is a collective and checkpoints must be written by every rank.
+    shards_parameters = False
+
     def __init__(self, precision: Precision | None = None, checkpoint_io: CheckpointIO | None = None) -> None:
         self._precision = precision if precision is not None else Precision()
         self._checkpoint_io = checkpoint_io

@@ -1,0 +1,68 @@
+"""Launch real multi-process jobs with torchrun (``python -m torch.distributed.run``) from the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (bound to port 0, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def job_env() -> dict[str, str]:
+    """The environment of a launched job: trainkit and the test helpers importable, one thread per process."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+@dataclass
+class Job:
+    returncode: int
+    output: str
+    seconds: float
+
+
+def torchrun(
+    script: str, *args: str, nproc: int = 2, timeout: float = 120, nnodes: int = 1, node_rank: int = 0, port: int = 0
+) -> Job:
+    """Run ``tests/integration/scripts/<script>`` under torchrun; stdout and stderr together in ``output``."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--nnodes={nnodes}",
+        f"--node_rank={node_rank}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port or free_port()}",
+        str(SCRIPTS / script),
+        *args,
+    ]
+    start = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=job_env(), cwd=ROOT)
+    return Job(done.returncode, done.stdout + done.stderr, time.monotonic() - start)
+
+
+def run_spec(spec: dict[str, Any], folder: Path, nproc: int = 2, timeout: float = 120) -> Job:
+    """Write ``spec`` as JSON into ``folder`` and run the scenario script on it under torchrun."""
+    path = folder / "spec.json"
+    path.write_text(json.dumps(spec))
+    job = torchrun("scenarios.py", str(path), "--output", str(folder), nproc=nproc, timeout=timeout)
+    assert job.returncode == 0, f"torchrun failed ({job.returncode}):\n{job.output[-6000:]}"
+    return job

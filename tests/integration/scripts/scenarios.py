@@ -1,0 +1,167 @@
+"""Training and evaluation scenarios run under torchrun (and in-process, as the one-process reference).
+
+Usage: torchrun --nproc_per_node 2 scenarios.py SPEC.json --output DIR
+
+SPEC.json holds {"scenarios": [...]}; each scenario names a task ("train" or "evaluate"), a model
+("token": mean cross entropy; "sum_token": normalised by num_items_in_batch), dataset sizes,
+TrainingArguments and how metrics are computed. Rank 0 writes DIR/<name>.pt (weights, logs,
+metrics, predictions); every rank writes DIR/<name>.rank<r>.json (what it saw of the topology).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tests.helpers import IGNORE, SumLossTokenModel, TokenDataset, TokenModel
+from trainkit import Trainer, TrainerCallback, TrainingArguments
+
+MODELS = {"token": TokenModel, "sum_token": SumLossTokenModel}
+
+
+def _joined(value: Any) -> np.ndarray:
+    """One array from a concatenated array or a list of per-batch arrays (eval_do_concat_batches=False)."""
+    return np.concatenate([np.asarray(v) for v in value]) if isinstance(value, list) else np.asarray(value)
+
+
+def token_accuracy(p: Any) -> dict[str, float]:
+    preds, labels = _joined(p.predictions), _joined(p.label_ids)
+    if preds.ndim == labels.ndim + 1:
+        preds = preds.argmax(-1)
+    mask = labels != IGNORE
+    return {"accuracy": float((preds[mask] == labels[mask]).mean()), "examples": len(labels)}
+
+
+def object_accuracy(p: Any) -> dict[str, float]:
+    preds = np.stack([np.asarray(x).argmax(-1) for x in p.predictions])
+    labels = np.stack([np.asarray(x) for x in p.label_ids])
+    mask = labels != IGNORE
+    return {"accuracy": float((preds[mask] == labels[mask]).mean()), "examples": len(p.predictions)}
+
+
+class BatchAccuracy:
+    """A ``batch_eval_metrics`` function: running accuracy, reported with ``compute_result``."""
+
+    def __init__(self) -> None:
+        self.correct = self.total = self.examples = 0
+
+    def __call__(self, p: Any, compute_result: bool) -> dict[str, float]:
+        preds, labels = p.predictions.argmax(-1), p.label_ids
+        mask = labels != IGNORE
+        self.correct += int((preds[mask] == labels[mask]).sum())
+        self.total += int(mask.sum())
+        self.examples += int(labels.shape[0])
+        result = {"accuracy": self.correct / self.total, "examples": self.examples}
+        if compute_result:
+            self.correct = self.total = self.examples = 0
+        return result
+
+
+def _metrics(kind: str | None) -> tuple[Any, Any]:
+    """(compute_metrics, preprocess_logits_for_metrics) for a scenario's metrics kind."""
+    if kind == "function":
+        return token_accuracy, None
+    if kind == "objects":
+        return object_accuracy, None
+    if kind == "batch":
+        return BatchAccuracy(), None
+    if kind == "torchmetrics":
+        from torchmetrics.classification import MulticlassAccuracy
+
+        metric = MulticlassAccuracy(num_classes=11, ignore_index=IGNORE, average="micro")
+        return metric, lambda logits, labels: logits.argmax(-1)
+    return None, None
+
+
+class FailAt(TrainerCallback):
+    """Raise (or hang) on one rank at a given step: the job must end, not wait forever."""
+
+    def __init__(self, rank: int, step: int, mode: str) -> None:
+        self.rank, self.step, self.mode = rank, step, mode
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == self.step and int(os.environ.get("RANK", 0)) == self.rank:
+            if self.mode == "hang":
+                time.sleep(3600)
+            raise RuntimeError(f"injected failure on rank {self.rank} at step {self.step}")
+
+
+def _check_main_process_first(args: TrainingArguments, folder: Path) -> bool | None:
+    """Whether the main process's block ran first (None on the main process itself)."""
+    marker = folder / "main_first.marker"
+    with args.main_process_first(desc="dataset preparation"):
+        if args.local_process_index == 0:
+            time.sleep(0.2)
+            marker.write_text("done")
+            return None
+        return marker.exists()
+
+
+def run_scenario(spec: dict[str, Any], output: str | Path) -> dict[str, Any]:
+    """Run one scenario; returns what rank 0 saves (and the per-rank facts under "rank")."""
+    folder = Path(output) / spec["name"]
+    folder.mkdir(parents=True, exist_ok=True)
+    args = TrainingArguments(output_dir=str(folder), **spec["args"])
+    main_first = _check_main_process_first(args, folder) if spec.get("main_process_first") else None
+    model = MODELS[spec.get("model", "token")]()
+    compute_metrics, preprocess = _metrics(spec.get("metrics"))
+    callbacks = [FailAt(**spec["fail"])] if spec.get("fail") else []
+    trainer = Trainer(
+        model,
+        args,
+        train_dataset=TokenDataset(spec.get("train_size", 8)),
+        eval_dataset=TokenDataset(spec.get("eval_size", 7), seed=3),
+        compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=preprocess,
+        callbacks=callbacks,
+    )
+    result: dict[str, Any] = {}
+    if spec["task"] == "train":
+        result["train_metrics"] = trainer.train().metrics
+        result["log_history"] = trainer.state.log_history
+        result["state"] = trainer.strategy.model_state_dict(trainer.model_wrapped)
+        if spec.get("save_model"):
+            trainer.save_model()
+    if spec["task"] == "evaluate":
+        result["eval_metrics"] = trainer.evaluate()
+        prediction = trainer.predict(TokenDataset(spec.get("eval_size", 7), seed=3))
+        result["predictions"], result["label_ids"] = prediction.predictions, prediction.label_ids
+        result["pred_metrics"] = prediction.metrics
+    result["rank"] = {
+        "rank": trainer.strategy.global_rank,
+        "world_size": trainer.strategy.world_size,
+        "strategy": type(trainer.strategy).__name__,
+        "log_level": logging.getLogger("trainkit").level,
+        "is_world_zero": trainer.is_world_process_zero(),
+        "is_local_zero": trainer.is_local_process_zero(),
+        "main_first": main_first,
+        "fsdp_units": sum(type(m).__name__.startswith("FSDP") for m in trainer.model.modules()),
+        "scaler": type(getattr(trainer.precision, "scaler", None)).__name__,
+    }
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("spec")
+    parser.add_argument("--output", required=True)
+    opts = parser.parse_args()
+    spec = json.loads(Path(opts.spec).read_text())
+    for scenario in spec["scenarios"]:
+        result = run_scenario(scenario, opts.output)
+        facts = result.pop("rank")
+        Path(opts.output, f"{scenario['name']}.rank{facts['rank']}.json").write_text(json.dumps(facts))
+        if facts["rank"] == 0:
+            torch.save(result, Path(opts.output, f"{scenario['name']}.pt"))
+
+
+if __name__ == "__main__":
+    main()
