@@ -38,11 +38,8 @@ class Job:
     seconds: float
 
 
-def torchrun(
-    script: str, *args: str, nproc: int = 2, timeout: float = 120, nnodes: int = 1, node_rank: int = 0, port: int = 0
-) -> Job:
-    """Run ``tests/integration/scripts/<script>`` under torchrun; stdout and stderr together in ``output``."""
-    command = [
+def _command(script: str, args: tuple[str, ...], nproc: int, nnodes: int, node_rank: int, port: int) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -50,13 +47,45 @@ def torchrun(
         f"--nnodes={nnodes}",
         f"--node_rank={node_rank}",
         "--master_addr=127.0.0.1",
-        f"--master_port={port or free_port()}",
+        f"--master_port={port}",
         str(SCRIPTS / script),
         *args,
     ]
+
+
+def torchrun(script: str, *args: str, nproc: int = 2, timeout: float = 120) -> Job:
+    """Run ``tests/integration/scripts/<script>`` under torchrun; stdout and stderr together in ``output``."""
+    command = _command(script, args, nproc, 1, 0, free_port())
     start = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=job_env(), cwd=ROOT)
     return Job(done.returncode, done.stdout + done.stderr, time.monotonic() - start)
+
+
+def torchrun_nodes(script: str, *args: str, nnodes: int = 2, nproc: int = 1, timeout: float = 120) -> list[Job]:
+    """Run ``script`` as a multi-node job: one torchrun per "node" on this machine (static rendezvous)."""
+    port = free_port()
+    start = time.monotonic()
+    agents = [
+        subprocess.Popen(
+            _command(script, args, nproc, nnodes, node, port),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=job_env(),
+            cwd=ROOT,
+        )
+        for node in range(nnodes)
+    ]
+    jobs = []
+    for agent in agents:
+        try:
+            output, _ = agent.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for other in agents:
+                other.kill()
+            raise
+        jobs.append(Job(agent.returncode, output, time.monotonic() - start))
+    return jobs
 
 
 def run_spec(spec: dict[str, Any], folder: Path, nproc: int = 2, timeout: float = 120) -> Job:
@@ -66,3 +95,23 @@ def run_spec(spec: dict[str, Any], folder: Path, nproc: int = 2, timeout: float 
     job = torchrun("scenarios.py", str(path), "--output", str(folder), nproc=nproc, timeout=timeout)
     assert job.returncode == 0, f"torchrun failed ({job.returncode}):\n{job.output[-6000:]}"
     return job
+
+
+def shared_job_folder(tmp_path_factory: Any, name: str, launch: Any) -> Path:
+    """``launch(folder)`` run once per test session even when xdist spreads a module's tests over workers.
+
+    Workers share the parent of their base temporary folder; the first to get the lock launches the
+    job, the others wait for it and reuse its results (pytest-xdist's documented pattern).
+    """
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder = root / name
+    with FileLock(str(root / f"{name}.lock")):
+        if not (folder / "done").exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            launch(folder)
+            (folder / "done").write_text("ok")
+    return folder

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.integration.harness import run_spec
+from tests.integration.harness import run_spec, shared_job_folder
 from tests.integration.scripts.scenarios import run_scenario
 
 pytestmark = pytest.mark.integration
@@ -35,9 +35,8 @@ def _scenario(name: str, batch: int) -> dict:
 
 @pytest.fixture(scope="module")
 def eval_runs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ddp_eval")
-    run_spec({"scenarios": [_scenario(name, 2) for name in CASES]}, folder)
-    return folder
+    spec = {"scenarios": [_scenario(name, 2) for name in CASES]}
+    return shared_job_folder(tmp_path_factory, "ddp_eval", lambda folder: run_spec(spec, folder))
 
 
 def _rows(name, value):

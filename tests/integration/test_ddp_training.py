@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tests.integration.harness import run_spec
+from tests.integration.harness import run_spec, shared_job_folder
 from tests.integration.scripts.scenarios import run_scenario
 
 pytestmark = pytest.mark.integration
@@ -41,7 +41,6 @@ def _max_diff(a: dict, b: dict) -> float:
 
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ddp")
     ranked = {**TRAIN_ARGS, "report_to": "jsonl", "log_level": "info"}
     spec = {
         "scenarios": [
@@ -55,8 +54,7 @@ def ddp_runs(tmp_path_factory):
             _scenario("per_rank_tokens", "token", 2, average_tokens_across_devices=False),
         ]
     }
-    run_spec(spec, folder)
-    return folder
+    return shared_job_folder(tmp_path_factory, "ddp", lambda folder: run_spec(spec, folder))
 
 
 def _load(folder, name):
