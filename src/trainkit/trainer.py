@@ -124,7 +124,8 @@ class Trainer(EvaluationMixin, MetricsReportingMixin):
         self._tokens_local = 0
         self._tokens_seen_this_run = 0
         self._current_flos = 0.0
-        self._counts_flos = callable(getattr(model, "floating_point_ops", None))
+        self._dense_for: nn.Module | None = None
+        self._dense_count = 0
         self._samples_local = 0
         self.is_in_train = False
         self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
@@ -265,7 +266,6 @@ class Trainer(EvaluationMixin, MetricsReportingMixin):
         if self.model_init is not None:
             self._seed()
             self.model = self.model_wrapped = self.call_model_init(trial)
-            self._counts_flos = callable(getattr(self.model, "floating_point_ops", None))
             self.optimizer, self.lr_scheduler = None, None
         resume = self._resolve_resume(resume_from_checkpoint)
         self.is_in_train = True
@@ -346,8 +346,7 @@ class Trainer(EvaluationMixin, MetricsReportingMixin):
         single = step_math.is_single(window)
         micro_samples = window.num_samples if single else step_math.batch_size_of(inputs)
         self._samples_local += micro_samples
-        if self._counts_flos:
-            self._current_flos += float(self.floating_point_ops(inputs))
+        self._current_flos += self.floating_point_ops(inputs)
         weight, micro_items = 1.0, None
         if normalized or not single:
             micro_items = step_math.count_label_tokens(inputs, self.label_names)
@@ -368,9 +367,25 @@ class Trainer(EvaluationMixin, MetricsReportingMixin):
         return loss if window.world_factor == 1 else loss / window.world_factor
 
     def floating_point_ops(self, inputs: Any) -> float:
-        """Training FLOPs of a micro-batch when the model can tell (transformers models), else 0."""
+        """Training FLOPs of a micro-batch: the model's own count (transformers models), else the same
+        estimate transformers uses, 6 x input tokens x parameters outside embeddings."""
         counter = getattr(self.strategy.unwrap_model(self.model), "floating_point_ops", None)
-        return float(counter(inputs)) if callable(counter) else 0.0
+        if callable(counter):
+            return float(counter(inputs))
+        name = getattr(self.model, "main_input_name", "input_ids")
+        tokens = inputs.get(name) if isinstance(inputs, dict) else None
+        if not isinstance(tokens, torch.Tensor):
+            return 0.0
+        return 6.0 * tokens.numel() * self._dense_parameters
+
+    @property
+    def _dense_parameters(self) -> int:
+        """Parameters outside embedding tables (cached per model)."""
+        if self._dense_for is not self.model:
+            embeddings = {id(p) for m in self.model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+            self._dense_count = sum(p.numel() for p in self.model.parameters() if id(p) not in embeddings)
+            self._dense_for = self.model
+        return self._dense_count
 
     def _count_input_tokens(self, batch: Any) -> None:
         if not (self.args.include_num_input_tokens_seen or self.args.include_tokens_per_second):
