@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     "FSDPOption": "trainkit.options",
     "HubStrategy": "trainkit.options",
     "UnsupportedArgumentError": "trainkit.args_support",
+    "get_last_checkpoint": "trainkit.checkpoint.discovery",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -32,6 +33,7 @@ __all__ = ["__version__", *_EXPORTS]
 if TYPE_CHECKING:
     from trainkit.args import TrainingArguments
     from trainkit.args_support import UnsupportedArgumentError
+    from trainkit.checkpoint.discovery import get_last_checkpoint
     from trainkit.options import (
         FSDPOption,
         HubStrategy,
