@@ -22,6 +22,7 @@ strategy can spread them without a redesign):
 from __future__ import annotations
 
 import os
+import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from trainkit.checkpoint.manifest import (
     DEFAULT_HASH,
     FileEntry,
     Manifest,
+    check_hash_algorithm,
     file_digest,
     find_manifest_problem,
     read_manifest,
@@ -59,7 +61,7 @@ class CheckpointIO(ABC):
     """Writes and reads one checkpoint folder, all or nothing, and never unpickles arbitrary objects."""
 
     def __init__(self, hash_algorithm: str = DEFAULT_HASH) -> None:
-        self.hash_algorithm = hash_algorithm
+        self.hash_algorithm = check_hash_algorithm(hash_algorithm)
         self.rank = 0
         self.world_size = 1
 
@@ -74,8 +76,12 @@ class CheckpointIO(ABC):
         """Write ``state`` as the checkpoint folder ``path`` (all or nothing)."""
         target = Path(path)
         staging = self.prepare_staging(target)
-        staged = self.write_parts(state, staging)
-        self.commit(staging, target, [staged])
+        try:
+            staged = self.write_parts(state, staging)
+            self.commit(staging, target, [staged])
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)  # the previous checkpoints are untouched
+            raise
 
     def prepare_staging(self, path: PathLike) -> Path:
         """Create the empty hidden folder the checkpoint ``path`` is written into (step 1)."""

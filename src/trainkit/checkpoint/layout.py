@@ -63,9 +63,6 @@ JSON_PARTS = frozenset({PART_TRAINER_STATE, PART_TRAINING_ARGS, PART_CHECKPOINT_
 
 _CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 _PART_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-_RESERVED_FILES = frozenset(
-    {MANIFEST_NAME, MODEL_SAFETENSORS_NAME, MODEL_TORCH_NAME, *PART_FILE_NAMES.values(), "rng_state.pth"}
-)
 
 
 def checkpoint_folder_name(step: int) -> str:
@@ -97,11 +94,11 @@ def validate_part_name(name: object) -> str:
 
 
 def extra_part_file_name(name: str) -> str:
-    """File of a part trainkit does not know (``<name>.pt``, a weights-only torch file)."""
-    file_name = f"{validate_part_name(name)}.pt"
-    if file_name in _RESERVED_FILES:
-        raise ValueError(f"checkpoint part {name!r} would overwrite the reserved file {file_name}")
-    return file_name
+    """File of a part trainkit does not know (``<name>.pt``, a weights-only torch file).
+
+    Known parts own every ``.pt`` name trainkit writes, so an extra part cannot overwrite one.
+    """
+    return f"{validate_part_name(name)}.pt"
 
 
 def staging_path(path: Path) -> Path:

@@ -287,6 +287,8 @@ class CheckpointManager:
         manager_state = state.pop(PART_CHECKPOINT_MANAGER, None)
         if manager_state is not None:
             self.load_state_dict(manager_state, same_output_dir=_same_folder(folder.parent, self.output_dir))
+            # steps whose deletion the crashed run finished are no longer this run's to rotate
+            self._written = [step for step in self._written if self.checkpoint_path(step).exists()]
         self._latest_step = checkpoint_step(folder)
         return state
 

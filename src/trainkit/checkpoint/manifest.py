@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_HASH",
     "FileEntry",
     "Manifest",
+    "check_hash_algorithm",
     "file_digest",
     "find_manifest_problem",
     "read_manifest",
@@ -77,7 +78,8 @@ def _self_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _check_algorithm(algorithm: str) -> str:
+def check_hash_algorithm(algorithm: str) -> str:
+    """Return ``algorithm`` when files can be hashed with it, else raise ValueError listing the choices."""
     if algorithm != "crc32" and algorithm not in hashlib.algorithms_guaranteed:
         choices = ["crc32", *sorted(hashlib.algorithms_guaranteed)]
         raise ValueError(f"unknown checkpoint hash algorithm {algorithm!r}; choose one of {choices}")
@@ -86,7 +88,7 @@ def _check_algorithm(algorithm: str) -> str:
 
 def file_digest(path: Path, algorithm: str = DEFAULT_HASH) -> str:
     """Hash of a file's bytes, read in chunks into one reused buffer."""
-    _check_algorithm(algorithm)
+    check_hash_algorithm(algorithm)
     buffer = bytearray(_CHUNK)
     view = memoryview(buffer)
     crc = 0
@@ -135,7 +137,7 @@ def _manifest_from_json(body: dict[str, Any], path: Path) -> Manifest:
             f"(this trainkit reads {FORMAT!r} version {VERSION})"
         )
     try:
-        algorithm = _check_algorithm(body["hash_algorithm"])
+        algorithm = check_hash_algorithm(body["hash_algorithm"])
         files = {name: FileEntry(int(e["size"]), str(e["hash"])) for name, e in body["files"].items()}
         parts = {str(part): [str(name) for name in names] for part, names in body["parts"].items()}
     except (KeyError, TypeError, ValueError, AttributeError) as err:
