@@ -26,6 +26,7 @@ from trainkit.checkpoint.layout import (
     rng_file_name,
 )
 from trainkit.checkpoint.serialization import load_json, load_torch, save_json, save_torch
+from trainkit.checkpoint.staging import StagingFolder
 from trainkit.checkpoint.weights import load_state_dict_file
 from trainkit.utils.logging import get_logger
 
@@ -49,24 +50,26 @@ class FileCheckpointIO(CheckpointIO):
             return rng_file_name(self.rank, self.world_size)
         return PART_FILE_NAMES.get(part) or extra_part_file_name(part)
 
-    def _save(self, state: dict[str, Any], folder: Path) -> dict[str, list[str]]:
+    def _save(self, state: dict[str, Any], staging: StagingFolder) -> dict[str, list[str]]:
         written: dict[str, list[str]] = {}
         for part, value in state.items():
             if value is None or (part == PART_SCALER and not value):
                 continue
             name = self.file_name(part)
             if part == PART_MODEL:
-                self._save_model(value, folder / name)
+                self._save_model(value, staging, name)
             elif part in JSON_PARTS:
-                save_json(value, folder / name, part)
+                save_json(value, staging.file(name), part)
+                staging.written(name)
             else:
-                save_torch(value, folder / name, part)
+                with staging.open(name) as handle:
+                    save_torch(value, handle, part)
             written[part] = [name]
         return written
 
     @abstractmethod
-    def _save_model(self, state_dict: dict[str, Any], file: Path) -> None:
-        """Write the model's state dict to ``file`` (named ``model_file_name``)."""
+    def _save_model(self, state_dict: dict[str, Any], staging: StagingFolder, name: str) -> None:
+        """Write the model's state dict as the file ``name`` of ``staging``."""
 
     def _load(self, folder: Path, parts: dict[str, list[str]], map_location: Any) -> dict[str, Any]:
         state: dict[str, Any] = {}

@@ -25,6 +25,7 @@ import os
 import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,12 +38,12 @@ from trainkit.checkpoint.manifest import (
     FileEntry,
     Manifest,
     check_hash_algorithm,
-    file_digest,
     find_manifest_problem,
     read_manifest,
     verify_file,
     write_manifest,
 )
+from trainkit.checkpoint.staging import StagingFolder
 
 __all__ = ["CheckpointError", "CheckpointIO", "PathLike", "StagedParts"]
 
@@ -88,21 +89,18 @@ class CheckpointIO(ABC):
         return atomic.prepare_staging(Path(path))
 
     def write_parts(self, state: dict[str, Any], staging: Path) -> StagedParts:
-        """Write this process's parts into ``staging``, fsync and hash each file (step 2)."""
+        """Write this process's parts into ``staging``, each file fsynced and hashed (step 2)."""
         if not isinstance(state, dict):
             raise TypeError(f"{type(self).__name__}.save: state must be a dict of parts, got {type(state).__name__}")
         for name in state:
             validate_part_name(name)
-        parts = self._save(state, staging)
-        staged = StagedParts(parts={part: list(files) for part, files in parts.items()})
-        for files in staged.parts.values():
-            for name in files:
-                file = staging / name
-                if not file.is_file():
-                    raise CheckpointError(f"{type(self).__name__} said it wrote {name} but {file} does not exist")
-                atomic.fsync_file(file)
-                staged.files[name] = FileEntry(file.stat().st_size, file_digest(file, self.hash_algorithm))
-        return staged
+        with StagingFolder(staging, self.hash_algorithm) as folder:
+            parts = {part: list(files) for part, files in self._save(state, folder).items()}
+            names = [name for files in parts.values() for name in files]
+            missing = [name for name in names if not folder.file(name).is_file()]
+            if missing:
+                raise CheckpointError(f"{type(self).__name__} said it wrote {missing} but they are not in {staging}")
+            return StagedParts(parts=parts, files=folder.entries(names))
 
     def commit(self, staging: Path, path: PathLike, staged: Sequence[StagedParts]) -> None:
         """Write the manifest last, then rename ``staging`` onto ``path`` (step 3, one process)."""
@@ -129,9 +127,9 @@ class CheckpointIO(ABC):
         if absent:
             raise CheckpointError(f"{folder} has no part {absent} (it holds: {', '.join(sorted(manifest.parts))})")
         selected = {part: manifest.parts[part] for part in wanted}
-        for files in selected.values():
-            for name in files:
-                verify_file(folder, name, manifest)
+        names = [name for files in selected.values() for name in files]
+        with ThreadPoolExecutor(max_workers=min(4, max(1, len(names)))) as pool:
+            list(pool.map(lambda name: verify_file(folder, name, manifest), names))  # hashing releases the GIL
         return self._load(folder, selected, map_location)
 
     def exists(self, path: PathLike) -> bool:
@@ -148,8 +146,13 @@ class CheckpointIO(ABC):
 
     # -------------------------------------------------------------------- hooks
     @abstractmethod
-    def _save(self, state: dict[str, Any], folder: Path) -> dict[str, list[str]]:
-        """Write the parts into ``folder``; return each part's files (names relative to ``folder``)."""
+    def _save(self, state: dict[str, Any], staging: StagingFolder) -> dict[str, list[str]]:
+        """Write the parts into ``staging.path``; return each part's files (names relative to it).
+
+        Writing through ``staging.open(name)``, or calling ``staging.written(name)`` once a file is
+        complete, lets hashing and fsync overlap with the next file; files left unregistered are
+        hashed and fsynced afterwards.
+        """
 
     @abstractmethod
     def _load(self, folder: Path, parts: dict[str, list[str]], map_location: Any) -> dict[str, Any]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from trainkit.checkpoint.file_io import FileCheckpointIO
 from trainkit.checkpoint.layout import MODEL_SAFETENSORS_NAME
+from trainkit.checkpoint.staging import StagingFolder
 from trainkit.checkpoint.weights import save_state_dict_file
 
 __all__ = ["SafetensorsCheckpointIO"]
@@ -17,5 +17,6 @@ class SafetensorsCheckpointIO(FileCheckpointIO):
 
     model_file_name = MODEL_SAFETENSORS_NAME
 
-    def _save_model(self, state_dict: dict[str, Any], file: Path) -> None:
-        save_state_dict_file(state_dict, file)
+    def _save_model(self, state_dict: dict[str, Any], staging: StagingFolder, name: str) -> None:
+        save_state_dict_file(state_dict, staging.file(name))
+        staging.written(name)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Protocol, cast
 
 import torch
 
 from trainkit.checkpoint.errors import CheckpointError
 
 __all__ = [
+    "BinaryWriter",
     "MapLocation",
     "check_json_safe",
     "check_weights_only_safe",
@@ -102,13 +103,20 @@ def load_json(file: Path) -> Any:
         raise CheckpointError(f"{file} is corrupted: not valid JSON ({err})") from err
 
 
-def save_torch(value: Any, file: Path, part: str) -> None:
+class BinaryWriter(Protocol):
+    """What ``torch.save`` needs of a file object."""
+
+    def write(self, data: Any) -> int: ...
+    def flush(self) -> None: ...
+
+
+def save_torch(value: Any, file: Path | BinaryWriter, part: str) -> None:
     """Write a torch part that loads with ``weights_only=True`` (checked before writing)."""
     try:
         check_weights_only_safe(value, f"checkpoint part {part!r}")
     except TypeError as err:
         raise CheckpointError(str(err)) from err
-    torch.save(value, file)
+    torch.save(value, file if isinstance(file, Path) else cast(IO[bytes], file))
 
 
 def resolve_map_location(map_location: MapLocation) -> torch.device:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from trainkit.checkpoint.file_io import FileCheckpointIO
 from trainkit.checkpoint.layout import MODEL_TORCH_NAME, PART_MODEL
 from trainkit.checkpoint.serialization import save_torch
+from trainkit.checkpoint.staging import StagingFolder
 
 __all__ = ["TorchCheckpointIO"]
 
@@ -17,5 +17,6 @@ class TorchCheckpointIO(FileCheckpointIO):
 
     model_file_name = MODEL_TORCH_NAME
 
-    def _save_model(self, state_dict: dict[str, Any], file: Path) -> None:
-        save_torch(state_dict, file, PART_MODEL)
+    def _save_model(self, state_dict: dict[str, Any], staging: StagingFolder, name: str) -> None:
+        with staging.open(name) as handle:
+            save_torch(state_dict, handle, PART_MODEL)
