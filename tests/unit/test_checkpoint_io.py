@@ -310,3 +310,12 @@ def test_recovery_tidies_what_interrupted_saves_leave(tmp_path):
     assert len(actions) == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == [".unrelated", "checkpoint-4", "checkpoint-5"]
     assert io.exists(tmp_path / "checkpoint-4")
+
+
+def test_the_factory_maps_save_safetensors_to_the_io():
+    from types import SimpleNamespace
+
+    from trainkit.factory import build_checkpoint_io
+
+    assert isinstance(build_checkpoint_io(trainkit.TrainingArguments(output_dir="x")), SafetensorsCheckpointIO)
+    assert isinstance(build_checkpoint_io(SimpleNamespace(save_safetensors=False)), TorchCheckpointIO)
