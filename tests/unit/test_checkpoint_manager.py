@@ -66,6 +66,15 @@ def test_best_tracking_is_strict_and_ignores_nan(tmp_path):
     assert higher.record_metric(3, 0.6)
 
 
+def test_metric_value_reads_the_eval_prefixed_metric():
+    assert CheckpointManager("x", metric_for_best_model="loss").metric_value({"eval_loss": 0.5}) == 0.5
+    assert CheckpointManager("x", metric_for_best_model="eval_acc").metric_value({"eval_acc": 1}) == 1.0
+    with pytest.raises(KeyError, match=r"reads 'eval_f1'.*returned \['eval_loss'\]"):
+        CheckpointManager("x", metric_for_best_model="f1").metric_value({"eval_loss": 0.5})
+    with pytest.raises(ValueError, match="not set"):
+        CheckpointManager("x").metric_value({"eval_loss": 0.5})
+
+
 def test_best_checkpoint_is_the_saved_checkpoint_of_the_best_step(tmp_path):
     manager = CheckpointManager(tmp_path, metric_for_best_model="loss")
     _save_all(manager, [(1, 3.0), (2, 1.0), (3, 2.0)])

@@ -11,7 +11,7 @@ parts (a Trainer mirrors ``best_metric`` / ``best_checkpoint`` into its state). 
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -133,6 +133,19 @@ class CheckpointManager:
         return None if self._latest_step is None else self.checkpoint_path(self._latest_step)
 
     # -------------------------------------------------------------------- best
+    def metric_value(self, metrics: Mapping[str, float]) -> float:
+        """``metric_for_best_model`` in an evaluation's metrics, with or without the ``eval_`` prefix (transformers)."""
+        name = self.metric_for_best_model
+        if name is None:
+            raise ValueError("metric_for_best_model is not set, so no metric selects the best checkpoint")
+        key = name if name.startswith("eval_") else f"eval_{name}"
+        if key not in metrics:
+            raise KeyError(
+                f"metric_for_best_model={name!r} reads {key!r}, which the evaluation did not return; "
+                f"it returned {sorted(metrics)}"
+            )
+        return float(metrics[key])
+
     def is_better(self, value: float) -> bool:
         """Whether ``value`` of ``metric_for_best_model`` would be a new best."""
         return is_better_metric(float(value), self._best_metric, self.greater_is_better)
