@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from trainkit.precision.base import Precision
     from trainkit.strategies.base import Strategy
 
-__all__ = ["Components", "build_components", "build_precision"]
+__all__ = ["Components", "build_checkpoint_io", "build_components", "build_precision"]
 
 
 @dataclass
@@ -95,6 +95,17 @@ def _check_device_runs(args: TrainingArguments, device: torch.device) -> None:
 
 def _supports_tf32(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def build_checkpoint_io(args: TrainingArguments) -> CheckpointIO:
+    """The checkpoint format for ``args``: safetensors weights, or torch files with ``save_safetensors=False``."""
+    if args.save_safetensors is False:
+        from trainkit.checkpoint.torch_io import TorchCheckpointIO
+
+        return TorchCheckpointIO()
+    from trainkit.checkpoint.safetensors_io import SafetensorsCheckpointIO
+
+    return SafetensorsCheckpointIO()
 
 
 def build_components(
