@@ -114,14 +114,35 @@ def build_components(
     precision: Precision | None = None,
     checkpoint_io: CheckpointIO | None = None,
 ) -> Components:
-    """Strategy, precision and checkpoint IO for ``args``; given objects win over the arguments."""
+    """Strategy, precision and checkpoint IO for ``args``; given objects win over the arguments.
+
+    A strategy passed in keeps the precision and IO it was built with; the arguments fill in
+    only what it leaves at the defaults, and asking for two different precisions is an error.
+    """
     from trainkit.strategies.single_device import SingleDeviceStrategy, default_device
 
     if strategy is None:
         strategy = SingleDeviceStrategy(device=default_device(args.use_cpu))
     if precision is None:
-        precision = build_precision(args, strategy.root_device)
+        precision = _precision_for(args, strategy)
     strategy.precision = precision
     if checkpoint_io is not None:
         strategy.checkpoint_io = checkpoint_io
-    return Components(strategy=strategy, precision=precision, checkpoint_io=checkpoint_io)
+    elif strategy._checkpoint_io is None:
+        strategy.checkpoint_io = build_checkpoint_io(args)
+    return Components(strategy=strategy, precision=precision, checkpoint_io=strategy.checkpoint_io)
+
+
+def _precision_for(args: TrainingArguments, strategy: Strategy) -> Precision:
+    from trainkit.precision.base import Precision
+
+    own = strategy.precision
+    if type(own) is not Precision or own.tf32 is not None or own.eval_precision is not None:
+        wanted = build_precision(args, strategy.root_device)
+        if type(wanted) is not Precision or wanted.tf32 is not None or wanted.eval_precision is not None:
+            raise ValueError(
+                f"The strategy passed to the Trainer has precision {own!r}, and the TrainingArguments ask for "
+                f"{wanted!r} (fp16/bf16/tf32/*_full_eval): choose one of the two."
+            )
+        return own
+    return build_precision(args, strategy.root_device)

@@ -28,6 +28,7 @@ from trainkit.factory import build_components
 from trainkit.loops import step as step_math
 from trainkit.loops.model_features import LabelSmoother, accepts_num_items_in_batch, extract_loss, is_causal_lm
 from trainkit.state import TrainerControl, TrainerState
+from trainkit.trainer_checkpointing import CheckpointingMixin
 from trainkit.trainer_evaluation import EvaluationMixin
 from trainkit.trainer_metrics import MetricsReportingMixin
 from trainkit.trainer_utils import TrainOutput, has_length
@@ -51,7 +52,7 @@ def _default_label_names(model: nn.Module | None) -> list[str]:
     return found or ["labels"]
 
 
-class Trainer(EvaluationMixin, MetricsReportingMixin):
+class Trainer(CheckpointingMixin, EvaluationMixin, MetricsReportingMixin):
     """Train, evaluate and predict with transformers' Trainer API."""
 
     def __init__(
@@ -119,6 +120,7 @@ class Trainer(EvaluationMixin, MetricsReportingMixin):
             self._default_callbacks(callbacks), model, self.processing_class, self.optimizer, self.lr_scheduler
         )
         self._current_window: step_math.Window | None = None
+        self._checkpoints = None
         self._past: Any = None
         self._neftune_hook: Any = None
         self._tokens_local = 0
@@ -274,17 +276,6 @@ class Trainer(EvaluationMixin, MetricsReportingMixin):
         finally:
             self.is_in_train = False
 
-    def _resolve_resume(self, resume_from_checkpoint: str | bool | None) -> str | None:
-        if resume_from_checkpoint in (None, False):
-            return None
-        raise NotImplementedError("resume_from_checkpoint arrives with the checkpoint manager (issue 7)")
-
-    def _restore_from_checkpoint(self, path: str, plan: Any) -> Callable[[], None] | None:
-        raise NotImplementedError(path)
-
-    def _after_training(self) -> None:
-        """Hook run when the loop ends, before the train metrics are logged."""
-
     def _prepare_model(self) -> None:
         """Move (and wrap, for distributed strategies) the model once, before training or evaluation."""
         if self._wrapped_for is not self.model:
@@ -403,6 +394,12 @@ class Trainer(EvaluationMixin, MetricsReportingMixin):
         self._tokens_seen_this_run += added
         return self._tokens_seen_this_run if this_run else self.state.num_input_tokens_seen
 
+    def _sync_counters(self) -> None:
+        """Fold per-rank counters (tokens seen, FLOPs) into the state, e.g. before it is saved."""
+        if self.args.include_num_input_tokens_seen or self.args.include_tokens_per_second:
+            self._sync_input_tokens_seen()
+        self._sync_flos()
+
     def _sync_flos(self) -> None:
         local = torch.tensor(self._current_flos, device=self.strategy.root_device, dtype=torch.float64)
         self.state.total_flos += float(self.strategy.all_reduce(local, op="sum"))
@@ -421,30 +418,6 @@ class Trainer(EvaluationMixin, MetricsReportingMixin):
             logs.update(speed_metrics("train", start_time, num_tokens=self.state.num_input_tokens_seen))
         self.state.log_history.append({**logs, "step": self.state.global_step})
         self.control = self.callback_handler.on_log(self.args, self.state, self.control, logs=logs)
-
-    # ------------------------------------------------------------------ saving
-    def _save_checkpoint(self, metrics: dict[str, float] | None = None) -> None:
-        raise NotImplementedError("checkpoints arrive with the checkpoint manager (issue 7)")
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Write the weights as ``model.safetensors`` (and the model's config / processing class)."""
-        import os
-
-        from safetensors.torch import save_model
-
-        folder = output_dir or self.args.output_dir
-        if not self.is_world_process_zero():
-            return
-        os.makedirs(folder, exist_ok=True)
-        model = self.strategy.unwrap_model(self.model)
-        save_model(model, os.path.join(folder, "model.safetensors"))
-        config = getattr(model, "config", None)
-        if config is not None and hasattr(config, "save_pretrained"):
-            config.save_pretrained(folder)
-        if self.processing_class is not None and hasattr(self.processing_class, "save_pretrained"):
-            self.processing_class.save_pretrained(folder)
-        with open(os.path.join(folder, "training_args.json"), "w", encoding="utf-8") as fh:
-            fh.write(self.args.to_json_string())
 
     def __repr__(self) -> str:
         return f"Trainer(model={type(self.model).__name__}, strategy={self.strategy!r})"

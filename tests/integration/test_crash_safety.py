@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.checkpoint_fixtures import assert_same
-from tests.integration import crash_train_loop
+from tests.integration import crash_train_loop, crash_train_trainer
 from tests.integration.crash_harness import run_and_kill, script_command, start_command, start_forked
 from trainkit.checkpoint import SafetensorsCheckpointIO, get_last_checkpoint, list_complete_checkpoints
 from trainkit.checkpoint.layout import checkpoint_step
@@ -64,7 +64,13 @@ def _kill_repeatedly(launcher, run_dir: Path, trials: int, seed: int) -> int:
     return newest
 
 
-def _finish_and_compare(launcher, run_dir: Path, reference_dir: Path, newest: int) -> None:
+def _finish_and_compare(
+    launcher,
+    run_dir: Path,
+    reference_dir: Path,
+    newest: int,
+    parts: tuple[str, ...] = ("model", "optimizer", "scheduler", "rng", "trainer_state"),
+) -> None:
     final_step = newest + 3
     finish = run_and_kill(launcher("--output-dir", run_dir, "--max-steps", final_step), delay=None)
     assert finish.resumed_from == newest
@@ -74,8 +80,9 @@ def _finish_and_compare(launcher, run_dir: Path, reference_dir: Path, newest: in
     io = SafetensorsCheckpointIO()
     resumed = io.load(run_dir / f"checkpoint-{final_step}")
     uninterrupted = io.load(reference_dir / f"checkpoint-{final_step}")
-    for part in ("model", "optimizer", "scheduler", "rng", "trainer_state"):
+    for part in parts:
         assert_same(resumed[part], uninterrupted[part], part)
+    assert resumed["trainer_state"]["global_step"] == uninterrupted["trainer_state"]["global_step"] == final_step
 
 
 @pytest.mark.slow
@@ -89,3 +96,22 @@ def test_the_harness_also_kills_fresh_interpreters(tmp_path):
     """The form a Trainer script will use: a separate ``python script.py`` per trial."""
     newest = _kill_repeatedly(_command, tmp_path / "run", trials=2, seed=11)
     _finish_and_compare(_forked, tmp_path / "run", tmp_path / "reference", newest)
+
+
+def _forked_trainer(*args: object):
+    crash_train_trainer.warm_up()
+    return partial(start_forked, crash_train_trainer.main, [str(arg) for arg in args])
+
+
+@pytest.mark.slow
+def test_sigkill_while_a_trainer_saves(tmp_path):
+    """The same trials against ``Trainer.train`` (checkpoint every step, resume_from_checkpoint=True)."""
+    newest = _kill_repeatedly(_forked_trainer, tmp_path / "run", TRIALS, seed=13)
+    # the trainer state also records the run's own settings (save_steps, log history): compare the training
+    _finish_and_compare(
+        _forked_trainer,
+        tmp_path / "run",
+        tmp_path / "reference",
+        newest,
+        parts=("model", "optimizer", "scheduler", "rng"),
+    )
