@@ -30,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 
 DEFAULTS = {
     "output_dir": "quickstart_output",
+    "overwrite_output_dir": "true",
     "max_steps": "600",
     "per_device_train_batch_size": "32",
     "per_device_eval_batch_size": "64",
