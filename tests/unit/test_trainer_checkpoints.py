@@ -255,3 +255,18 @@ def test_resume_restores_scheduler_and_optimizer(tmp_path):
     trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-4"))
     assert trainer.state.global_step == 6
     assert trainer.lr_scheduler.last_epoch == 6
+
+
+def test_resume_skips_batches_without_loading_their_samples(tmp_path):
+    class Counting(RegressionDataset):
+        loads: list = []
+
+        def __getitem__(self, i):
+            Counting.loads.append(i)
+            return super().__getitem__(i)
+
+    Trainer(RegressionModel(), args_for(tmp_path, max_steps=3), train_dataset=Counting(16)).train()
+    Counting.loads = []
+    trainer = Trainer(RegressionModel(), args_for(tmp_path, max_steps=4), train_dataset=Counting(16))
+    trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert len(Counting.loads) == 2 * 4  # steps 3 and 4 only: the 8 examples of steps 1-2 are never read
