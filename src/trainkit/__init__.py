@@ -45,6 +45,7 @@ _EXPORTS: dict[str, str] = {
     "MixedPrecision": "trainkit.precision",
     "HalfPrecision": "trainkit.precision",
     "SingleDeviceStrategy": "trainkit.strategies",
+    "get_last_checkpoint": "trainkit.checkpoint.discovery",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from trainkit.callbacks.early_stopping import EarlyStoppingCallback
     from trainkit.callbacks.flow import DefaultFlowCallback
     from trainkit.callbacks.progress import PrinterCallback, ProgressCallback
+    from trainkit.checkpoint.discovery import get_last_checkpoint
     from trainkit.data.collators import DataCollatorWithPadding, default_data_collator
     from trainkit.optim import get_scheduler
     from trainkit.options import (

@@ -24,7 +24,7 @@ __all__ = [
 
 # Issues whose features are on main. A "supported" field whose issue is not listed here is
 # refused (when set to a non-default value) with a message naming the issue.
-IMPLEMENTED_ISSUES: frozenset[int] = frozenset({2, 3, 4, 5, 6, 8})
+IMPLEMENTED_ISSUES: frozenset[int] = frozenset({2, 3, 4, 5, 6, 7, 8})
 
 
 class UnsupportedArgumentError(ValueError):
@@ -95,7 +95,7 @@ FIELD_SUPPORT: dict[str, FieldSupport] = {
     "save_steps": _s(5, "Int, or a float in (0, 1) as a ratio of total steps."),
     "save_total_limit": _s(7, "Rotation that never deletes the latest or the best checkpoint."),
     "save_safetensors": _s(7, "False saves torch pickles (loaded with weights_only=True)."),
-    "save_on_each_node": _s(8, "Each node's local main process writes (save_model too)."),
+    "save_on_each_node": _s(7, "Each node's local main process writes checkpoints and save_model (not with fsdp yet)."),
     "save_only_model": _s(7, "Checkpoints without optimizer, scheduler or RNG state (cannot resume)."),
     "restore_callback_states_from_checkpoint": _s(7, "Stateful callbacks are restored on resume."),
     "no_cuda": _alias("Deprecated name of use_cpu."),

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from trainkit.precision.base import Precision
     from trainkit.strategies.base import Strategy
 
-__all__ = ["Components", "build_components", "build_precision", "build_strategy"]
+__all__ = ["Components", "build_checkpoint_io", "build_components", "build_precision", "build_strategy"]
 
 logger = get_logger(__name__)
 
@@ -169,16 +169,33 @@ def _fsdp_strategy(args: TrainingArguments, options: list[str], env: Any) -> Str
 
 
 def _check_combination(args: TrainingArguments, strategy: Strategy, precision: Precision) -> None:
-    """Refuse a precision the strategy cannot run, naming the arguments involved."""
-    if strategy.shards_parameters and precision.eval_precision is not None:
+    """Refuse what the strategy cannot run (yet), naming the arguments involved."""
+    if not strategy.shards_parameters:
+        return
+    if precision.eval_precision is not None:
         raise ValueError(
             "TrainingArguments: fp16_full_eval / bf16_full_eval cannot run with fsdp: FSDP2 owns the parameters, "
             "so the model cannot be cast for evaluation; evaluate in the training precision (fp16/bf16 mixed)"
         )
-    if strategy.shards_parameters and precision.name == "apex":
+    if precision.name == "apex":
+        raise ValueError("TrainingArguments: half_precision_backend='apex' cannot run with fsdp; use 'auto'")
+    if str(args.save_strategy) != "no" or args.save_on_each_node:
         raise ValueError(
-            "TrainingArguments: half_precision_backend='apex' cannot run with fsdp; use 'auto' (torch.amp)"
+            f"TrainingArguments: checkpoints with fsdp (save_strategy={str(args.save_strategy)!r}, save_on_each_node="
+            f"{args.save_on_each_node}) arrive with sharded checkpoints (issue 8 phase B); set save_strategy='no' "
+            "meanwhile (trainer.save_model() writes the consolidated model.safetensors on rank 0)"
         )
+
+
+def build_checkpoint_io(args: TrainingArguments) -> CheckpointIO:
+    """The checkpoint format for ``args``: safetensors weights, or torch files with ``save_safetensors=False``."""
+    if args.save_safetensors is False:
+        from trainkit.checkpoint.torch_io import TorchCheckpointIO
+
+        return TorchCheckpointIO()
+    from trainkit.checkpoint.safetensors_io import SafetensorsCheckpointIO
+
+    return SafetensorsCheckpointIO()
 
 
 def build_components(
@@ -187,13 +204,34 @@ def build_components(
     precision: Precision | None = None,
     checkpoint_io: CheckpointIO | None = None,
 ) -> Components:
-    """Strategy, precision and checkpoint IO for ``args``; given objects win over the arguments."""
+    """Strategy, precision and checkpoint IO for ``args``; given objects win over the arguments.
+
+    A strategy passed in keeps the precision and IO it was built with; the arguments fill in
+    only what it leaves at the defaults, and asking for two different precisions is an error.
+    """
     if strategy is None:
         strategy = build_strategy(args)
     if precision is None:
-        precision = build_precision(args, strategy.root_device)
+        precision = _precision_for(args, strategy)
     _check_combination(args, strategy, precision)
     strategy.precision = precision
     if checkpoint_io is not None:
         strategy.checkpoint_io = checkpoint_io
-    return Components(strategy=strategy, precision=precision, checkpoint_io=checkpoint_io)
+    elif strategy._checkpoint_io is None:
+        strategy.checkpoint_io = build_checkpoint_io(args)
+    return Components(strategy=strategy, precision=precision, checkpoint_io=strategy.checkpoint_io)
+
+
+def _precision_for(args: TrainingArguments, strategy: Strategy) -> Precision:
+    from trainkit.precision.base import Precision
+
+    own = strategy.precision
+    if type(own) is not Precision or own.tf32 is not None or own.eval_precision is not None:
+        wanted = build_precision(args, strategy.root_device)
+        if type(wanted) is not Precision or wanted.tf32 is not None or wanted.eval_precision is not None:
+            raise ValueError(
+                f"The strategy passed to the Trainer has precision {own!r}, and the TrainingArguments ask for "
+                f"{wanted!r} (fp16/bf16/tf32/*_full_eval): choose one of the two."
+            )
+        return own
+    return build_precision(args, strategy.root_device)

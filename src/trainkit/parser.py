@@ -274,6 +274,10 @@ class ArgumentParser(argparse.ArgumentParser):
                 self.error(str(err))
             raise
 
+    def error(self, message: str) -> Any:
+        """Exit with the error alone (the usage of ~140 options would bury it) and a pointer to --help."""
+        self.exit(2, f"{self.prog}: error: {message}\n(run with --help to list every option)\n")
+
     def _suggest(self, remaining: list[str]) -> str:
         options = [s for action in self._actions for s in action.option_strings]
         hints = []

@@ -28,6 +28,7 @@ from trainkit.factory import build_components
 from trainkit.loops import step as step_math
 from trainkit.loops.model_features import LabelSmoother, accepts_num_items_in_batch, extract_loss, is_causal_lm
 from trainkit.state import TrainerControl, TrainerState
+from trainkit.trainer_checkpointing import CheckpointingMixin
 from trainkit.trainer_evaluation import EvaluationMixin
 from trainkit.trainer_metrics import MetricsReportingMixin
 from trainkit.trainer_utils import TrainOutput, has_length
@@ -51,7 +52,7 @@ def _default_label_names(model: nn.Module | None) -> list[str]:
     return found or ["labels"]
 
 
-class Trainer(EvaluationMixin, MetricsReportingMixin):
+class Trainer(CheckpointingMixin, EvaluationMixin, MetricsReportingMixin):
     """Train, evaluate and predict with transformers' Trainer API."""
 
     def __init__(
@@ -119,12 +120,14 @@ class Trainer(EvaluationMixin, MetricsReportingMixin):
             self._default_callbacks(callbacks), model, self.processing_class, self.optimizer, self.lr_scheduler
         )
         self._current_window: step_math.Window | None = None
+        self._checkpoints = None
         self._past: Any = None
         self._neftune_hook: Any = None
         self._tokens_local = 0
         self._tokens_seen_this_run = 0
         self._current_flos = 0.0
-        self._counts_flos = callable(getattr(model, "floating_point_ops", None))
+        self._dense_for: nn.Module | None = None
+        self._dense_count = 0
         self._samples_local = 0
         self.is_in_train = False
         self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
@@ -265,7 +268,6 @@ class Trainer(EvaluationMixin, MetricsReportingMixin):
         if self.model_init is not None:
             self._seed()
             self.model = self.model_wrapped = self.call_model_init(trial)
-            self._counts_flos = callable(getattr(self.model, "floating_point_ops", None))
             self.optimizer, self.lr_scheduler = None, None
         resume = self._resolve_resume(resume_from_checkpoint)
         self.is_in_train = True
@@ -284,17 +286,6 @@ class Trainer(EvaluationMixin, MetricsReportingMixin):
             raise
         finally:
             self.is_in_train = False
-
-    def _resolve_resume(self, resume_from_checkpoint: str | bool | None) -> str | None:
-        if resume_from_checkpoint in (None, False):
-            return None
-        raise NotImplementedError("resume_from_checkpoint arrives with the checkpoint manager (issue 7)")
-
-    def _restore_from_checkpoint(self, path: str, plan: Any) -> Callable[[], None] | None:
-        raise NotImplementedError(path)
-
-    def _after_training(self) -> None:
-        """Hook run when the loop ends, before the train metrics are logged."""
 
     def _prepare_model(self) -> None:
         """Move (and wrap, for distributed strategies) the model once, before training or evaluation."""
@@ -357,8 +348,7 @@ class Trainer(EvaluationMixin, MetricsReportingMixin):
         single = step_math.is_single(window)
         micro_samples = window.num_samples if single else step_math.batch_size_of(inputs)
         self._samples_local += micro_samples
-        if self._counts_flos:
-            self._current_flos += float(self.floating_point_ops(inputs))
+        self._current_flos += self.floating_point_ops(inputs)
         weight, micro_items = 1.0, None
         if normalized or not single:
             micro_items = step_math.count_label_tokens(inputs, self.label_names)
@@ -379,9 +369,25 @@ class Trainer(EvaluationMixin, MetricsReportingMixin):
         return loss if window.world_factor == 1 else loss / window.world_factor
 
     def floating_point_ops(self, inputs: Any) -> float:
-        """Training FLOPs of a micro-batch when the model can tell (transformers models), else 0."""
+        """Training FLOPs of a micro-batch: the model's own count (transformers models), else the same
+        estimate transformers uses, 6 x input tokens x parameters outside embeddings."""
         counter = getattr(self.strategy.unwrap_model(self.model), "floating_point_ops", None)
-        return float(counter(inputs)) if callable(counter) else 0.0
+        if callable(counter):
+            return float(counter(inputs))
+        name = getattr(self.model, "main_input_name", "input_ids")
+        tokens = inputs.get(name) if isinstance(inputs, dict) else None
+        if not isinstance(tokens, torch.Tensor):
+            return 0.0
+        return 6.0 * tokens.numel() * self._dense_parameters
+
+    @property
+    def _dense_parameters(self) -> int:
+        """Parameters outside embedding tables (cached per model)."""
+        if self._dense_for is not self.model:
+            embeddings = {id(p) for m in self.model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+            self._dense_count = sum(p.numel() for p in self.model.parameters() if id(p) not in embeddings)
+            self._dense_for = self.model
+        return self._dense_count
 
     def _count_input_tokens(self, batch: Any) -> None:
         if not (self.args.include_num_input_tokens_seen or self.args.include_tokens_per_second):
@@ -398,6 +404,12 @@ class Trainer(EvaluationMixin, MetricsReportingMixin):
         self.state.num_input_tokens_seen += added
         self._tokens_seen_this_run += added
         return self._tokens_seen_this_run if this_run else self.state.num_input_tokens_seen
+
+    def _sync_counters(self) -> None:
+        """Fold per-rank counters (tokens seen, FLOPs) into the state, e.g. before it is saved."""
+        if self.args.include_num_input_tokens_seen or self.args.include_tokens_per_second:
+            self._sync_input_tokens_seen()
+        self._sync_flos()
 
     def _sync_flos(self) -> None:
         local = torch.tensor(self._current_flos, device=self.strategy.root_device, dtype=torch.float64)
@@ -417,40 +429,6 @@ class Trainer(EvaluationMixin, MetricsReportingMixin):
             logs.update(speed_metrics("train", start_time, num_tokens=self.state.num_input_tokens_seen))
         self.state.log_history.append({**logs, "step": self.state.global_step})
         self.control = self.callback_handler.on_log(self.args, self.state, self.control, logs=logs)
-
-    # ------------------------------------------------------------------ saving
-    def _save_checkpoint(self, metrics: dict[str, float] | None = None) -> None:
-        raise NotImplementedError("checkpoints arrive with the checkpoint manager (issue 7)")
-
-    def _is_saving_process(self) -> bool:
-        """The world's main process, or each node's with ``save_on_each_node`` (transformers' ``should_save``)."""
-        return self.strategy.is_local_zero if self.args.save_on_each_node else self.strategy.is_global_zero
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Write the weights as ``model.safetensors`` (and the model's config / processing class)."""
-        import os
-
-        from safetensors.torch import save_model
-
-        if self.strategy.shards_parameters:
-            raise NotImplementedError(
-                f"save_model with {type(self.strategy).__name__}: the consolidated model.safetensors arrives with "
-                "sharded checkpoints (issue 8 phase B); meanwhile call strategy.model_state_dict(model) on every "
-                "rank and save the full state dict it returns on rank 0"
-            )
-        folder = output_dir or self.args.output_dir
-        if not self._is_saving_process():
-            return
-        os.makedirs(folder, exist_ok=True)
-        model = self.strategy.unwrap_model(self.model)
-        save_model(model, os.path.join(folder, "model.safetensors"))
-        config = getattr(model, "config", None)
-        if config is not None and hasattr(config, "save_pretrained"):
-            config.save_pretrained(folder)
-        if self.processing_class is not None and hasattr(self.processing_class, "save_pretrained"):
-            self.processing_class.save_pretrained(folder)
-        with open(os.path.join(folder, "training_args.json"), "w", encoding="utf-8") as fh:
-            fh.write(self.args.to_json_string())
 
     def __repr__(self) -> str:
         return f"Trainer(model={type(self.model).__name__}, strategy={self.strategy!r})"

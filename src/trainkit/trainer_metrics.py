@@ -17,7 +17,8 @@ def metrics_format(metrics: dict[str, Any]) -> dict[str, Any]:
         if "_mem_" in key and isinstance(value, int):
             out[key] = f"{value >> 20}MB"
         elif "_runtime" in key and isinstance(value, (int, float)):
-            out[key] = str(datetime.timedelta(seconds=round(value, 4)))
+            whole = int(value)
+            out[key] = f"{datetime.timedelta(seconds=whole)}.{round((value - whole) * 100):02d}"
         elif key == "total_flos" and isinstance(value, (int, float)):
             out[key] = f"{int(value) >> 30}GF"
         elif isinstance(value, float):

@@ -24,6 +24,10 @@ TRAIN_ARGS = {
 }
 
 
+EVAL_EACH_EPOCH = {"eval_strategy": "epoch", "per_device_eval_batch_size": 2}
+CASES = {"mean": ("token", {}), "sum": ("sum_token", EVAL_EACH_EPOCH)}  # name -> (model, extra arguments)
+
+
 def _scenario(name: str, model: str, batch: int, **args: object) -> dict:
     return {
         "name": name,
@@ -50,7 +54,7 @@ def ddp_runs(tmp_path_factory):
                 "main_process_first": True,
                 "save_model": True,
             },
-            _scenario("sum", "sum_token", 2),
+            _scenario("sum", "sum_token", 2, **EVAL_EACH_EPOCH),
             _scenario("per_rank_tokens", "token", 2, average_tokens_across_devices=False),
         ]
     }
@@ -61,14 +65,15 @@ def _load(folder, name):
     return torch.load(folder / f"{name}.pt", weights_only=False)
 
 
-@pytest.mark.parametrize(("name", "model"), [("mean", "token"), ("sum", "sum_token")])
-def test_two_ranks_equal_one_process_with_the_doubled_batch(ddp_runs, tmp_path, name, model):
-    reference = run_scenario(_scenario(name, model, 4), tmp_path)
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_ranks_equal_one_process_with_the_doubled_batch(ddp_runs, tmp_path, name):
+    model, extra = CASES[name]
+    reference = run_scenario(_scenario(name, model, 4, **extra), tmp_path)
     distributed = _load(ddp_runs, name)
     assert _max_diff(distributed["state"], reference["state"]) < 1e-5
-    for key in ("loss", "grad_norm"):
+    for key in ("loss", "grad_norm", "eval_loss"):
         logged = [h[key] for h in distributed["log_history"] if key in h]
-        assert len(logged) == 5
+        assert len(logged) == (5 if key != "eval_loss" or extra else 0)
         assert logged == pytest.approx([h[key] for h in reference["log_history"] if key in h], rel=1e-5)
     assert distributed["train_metrics"]["train_loss"] == pytest.approx(reference["train_metrics"]["train_loss"])
 

@@ -55,6 +55,12 @@ def _evaluate(name: str, batch: int, **args: object) -> dict:
 def fsdp_runs(tmp_path_factory):
     scenarios = [_train(name, 2, **args) for name, (args, _) in SHARDINGS.items()]
     scenarios[0]["save_model"] = True
+    scenarios += [
+        _train("rank0_weights_only", 2, fsdp="full_shard", fsdp_config={"cpu_ram_efficient_loading": True}),
+        {**_train("synced_from_rank0", 2, fsdp="full_shard"), "other_ranks": "different_weights"},
+        _train("evaluated_in_training", 2, fsdp="full_shard", eval_strategy="epoch", per_device_eval_batch_size=2),
+    ]
+    scenarios[-3]["other_ranks"] = "meta"
     scenarios += [_train(name, 2, model, fsdp="full_shard", **args) for name, (model, args) in MIXED.items()]
     scenarios.append(_evaluate("evaluate", 2, fsdp="full_shard"))
     return shared_job_folder(tmp_path_factory, "fsdp", lambda folder: run_spec({"scenarios": scenarios}, folder))
@@ -80,6 +86,23 @@ def test_fsdp_equals_one_process_with_the_doubled_batch(fsdp_runs, tmp_path, nam
     assert facts["fsdp_units"] == SHARDINGS[name][1]
 
 
+@pytest.mark.parametrize("name", ["rank0_weights_only", "synced_from_rank0"])
+def test_shards_are_filled_from_rank_zeros_weights(fsdp_runs, tmp_path, name):
+    """Other ranks start on the meta device (cpu_ram_efficient_loading) or with other weights: rank 0's win."""
+    reference = run_scenario(_train("reference", 4), tmp_path)
+    assert _max_diff(_load(fsdp_runs, name)["state"], reference["state"]) < 1e-5
+
+
+def test_evaluation_during_fsdp_training_matches_one_process(fsdp_runs, tmp_path):
+    args = {"eval_strategy": "epoch", "per_device_eval_batch_size": 4}
+    reference = run_scenario(_train("reference", 4, **args), tmp_path)
+    distributed = _load(fsdp_runs, "evaluated_in_training")
+    assert _max_diff(distributed["state"], reference["state"]) < 1e-5
+    losses = [h["eval_loss"] for h in distributed["log_history"] if "eval_loss" in h]
+    assert len(losses) == 5
+    assert losses == pytest.approx([h["eval_loss"] for h in reference["log_history"] if "eval_loss" in h], rel=1e-5)
+
+
 @pytest.mark.parametrize("name", list(MIXED))
 def test_fsdp_mixed_precision_stays_close_to_one_process(fsdp_runs, tmp_path, name):
     """Parameters are all-gathered in half (MixedPrecisionPolicy): close to, not equal to, autocast alone."""
@@ -99,5 +122,12 @@ def test_fsdp_evaluate_and_predict_match_one_process(fsdp_runs, tmp_path):
     torch.testing.assert_close(torch.as_tensor(distributed["predictions"]), torch.as_tensor(reference["predictions"]))
 
 
-def test_save_model_with_fsdp_is_refused_until_sharded_checkpoints(fsdp_runs):
-    assert "phase B" in _load(fsdp_runs, "full_shard")["save_model_error"]
+def test_save_model_writes_the_consolidated_weights_for_a_plain_model(fsdp_runs):
+    from safetensors.torch import load_model
+
+    from tests.helpers import TokenModel
+
+    plain = TokenModel(seed=5)
+    load_model(plain, str(fsdp_runs / "full_shard" / "model.safetensors"))
+    assert _max_diff(plain.state_dict(), _load(fsdp_runs, "full_shard")["state"]) == 0
+    assert not (fsdp_runs / "full_shard" / "model.safetensors.index.json").exists()

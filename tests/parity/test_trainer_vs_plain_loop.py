@@ -49,7 +49,7 @@ def plain_loop() -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-def test_trainer_equals_plain_loop(tmp_path):
+def test_trainer_equals_plain_loop_with_optimizers_passed(tmp_path):
     torch.manual_seed(0)
     model = TokenModel()
     args = quiet_args(
@@ -61,6 +61,28 @@ def test_trainer_equals_plain_loop(tmp_path):
         seed=SEED,
     )
     Trainer(model, args, train_dataset=_dataset(), optimizers=_optimizer(model)).train()
+    expected = plain_loop()
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, expected[name], atol=1e-6, rtol=0)
+
+
+def test_trainer_equals_plain_loop_with_registry_adamw_and_linear_schedule(tmp_path):
+    """The same, with AdamW and the linear schedule chosen by name in TrainingArguments."""
+    torch.manual_seed(0)
+    model = TokenModel()
+    args = quiet_args(
+        str(tmp_path),
+        per_device_train_batch_size=BATCH,
+        gradient_accumulation_steps=ACCUM,
+        num_train_epochs=EPOCHS,
+        max_grad_norm=1.0,
+        seed=SEED,
+        learning_rate=LR,
+        optim="adamw_torch",
+        lr_scheduler_type="linear",
+        weight_decay=0.0,
+    )
+    Trainer(model, args, train_dataset=_dataset()).train()
     expected = plain_loop()
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, expected[name], atol=1e-6, rtol=0)

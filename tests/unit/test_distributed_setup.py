@@ -141,6 +141,12 @@ def test_full_half_evaluation_with_fsdp_is_refused(tmp_path, torchrun_env, flag)
         build_components(args(tmp_path, fsdp="full_shard", **{flag: True}))
 
 
+@pytest.mark.parametrize("saving", [{"save_strategy": "steps"}, {"save_on_each_node": True}])
+def test_checkpoints_with_fsdp_wait_for_sharded_checkpoints(tmp_path, torchrun_env, saving):
+    with pytest.raises(ValueError, match=r"checkpoints with fsdp .* arrive with sharded checkpoints"):
+        build_components(args(tmp_path, fsdp="full_shard", **saving))
+
+
 def test_a_strategy_object_wins_over_the_arguments(tmp_path, torchrun_env):
     mine = SingleDeviceStrategy("cpu")
     assert build_components(args(tmp_path, fsdp="full_shard"), strategy=mine).strategy is mine

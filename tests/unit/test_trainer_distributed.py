@@ -14,10 +14,9 @@ from trainkit.strategies.single_device import SingleDeviceStrategy
 class PretendRank(SingleDeviceStrategy):
     """Rank ``rank`` of a 2-process job on node ``node`` (collectives stay the one-process identities)."""
 
-    def __init__(self, rank: int = 1, local_rank: int = 0, sharded: bool = False) -> None:
+    def __init__(self, rank: int = 1, local_rank: int = 0) -> None:
         super().__init__("cpu")
         self._rank, self._local = rank, local_rank
-        self.shards_parameters = sharded
 
     @property
     def global_rank(self) -> int:
@@ -40,12 +39,6 @@ def test_save_model_on_a_second_nodes_main_process(tmp_path, on_each_node, writt
     assert trainer.is_local_process_zero()
     trainer.save_model()
     assert (tmp_path / "model.safetensors").exists() is written
-
-
-def test_save_model_of_a_sharded_model_waits_for_sharded_checkpoints(tmp_path):
-    trainer = Trainer(RegressionModel(), quiet_args(str(tmp_path)), strategy=PretendRank(rank=0, sharded=True))
-    with pytest.raises(NotImplementedError, match="phase B"):
-        trainer.save_model()
 
 
 def test_a_failing_rank_says_which_one_and_where(tmp_path, caplog):

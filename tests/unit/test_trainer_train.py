@@ -432,3 +432,24 @@ def test_data_seed_controls_the_order(tmp_path):
         orders.append(Watch.seen)
     assert orders[0] == orders[1]
     assert orders[0] != orders[2]
+
+
+def test_dataloader_workers(tmp_path):
+    model = RegressionModel()
+    args = quiet_args(
+        str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=4,
+        dataloader_num_workers=2,
+        dataloader_persistent_workers=True,
+        dataloader_prefetch_factor=2,
+        dataloader_drop_last=True,
+    )
+    out = Trainer(model, args, train_dataset=RegressionDataset(10), optimizers=sgd(model, 0.01)).train()
+    assert out.global_step == 4
+    assert trainer_epoch_length(RegressionDataset(10), args) == 2  # 10 examples, batches of 4, the last dropped
+
+
+def trainer_epoch_length(dataset, args):
+    trainer = Trainer(RegressionModel(), args, train_dataset=dataset, optimizers=sgd(RegressionModel()))
+    return len(trainer.get_train_dataloader())

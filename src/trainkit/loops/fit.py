@@ -199,6 +199,9 @@ class FitLoop:
         metrics = None
         if t.control.should_evaluate:
             metrics = t._evaluate_during_training()
+            is_new_best = t._record_best_metric(metrics)
+            if t.args.save_strategy == "best":
+                t.control.should_save = is_new_best
         if t.control.should_save:
             t._save_checkpoint(metrics)
             t.control = t.callback_handler.on_save(t.args, t.state, t.control)

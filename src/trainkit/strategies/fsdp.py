@@ -46,6 +46,10 @@ SHARDINGS: dict[str, bool | None] = {
     "no_shard": None,
 }
 _HYBRID = ("hybrid_shard", "hybrid_shard_zero2")
+_NO_CHECKPOINTS = (
+    "FSDPStrategy cannot save or resume checkpoints yet: sharded checkpoints (torch.distributed.checkpoint) arrive "
+    "with issue 8 phase B; train with save_strategy='no' and write the model with trainer.save_model()"
+)
 
 
 class FSDPStrategy(ParallelStrategy):
@@ -209,16 +213,17 @@ class FSDPStrategy(ParallelStrategy):
         options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=strict)
         return set_model_state_dict(self.unwrap_model(model), state, options=options)
 
+    def optimizer_state_dict(self, optimizer: Optimizer) -> dict[str, Any]:
+        raise NotImplementedError(_NO_CHECKPOINTS)
+
+    def load_optimizer_state_dict(self, optimizer: Optimizer, state: dict[str, Any]) -> None:
+        raise NotImplementedError(_NO_CHECKPOINTS)
+
     def save_checkpoint(self, path: Any, state: dict[str, Any]) -> None:
-        raise NotImplementedError(
-            "FSDPStrategy cannot save checkpoints yet: sharded checkpoints (torch.distributed.checkpoint) arrive "
-            "with issue 8 phase B; set save_strategy='no' and use model_state_dict() on every rank meanwhile"
-        )
+        raise NotImplementedError(_NO_CHECKPOINTS)
 
     def load_checkpoint(self, path: Any) -> dict[str, Any]:
-        raise NotImplementedError(
-            "FSDPStrategy cannot load checkpoints yet: sharded checkpoints arrive with issue 8 phase B"
-        )
+        raise NotImplementedError(_NO_CHECKPOINTS)
 
     def __repr__(self) -> str:
         return (

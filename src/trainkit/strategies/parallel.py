@@ -9,7 +9,6 @@ takes any tensor (host or device) and returns the result on this rank's device.
 
 from __future__ import annotations
 
-import atexit
 import datetime
 from typing import Any
 
@@ -63,7 +62,8 @@ def start_process_group(
 ) -> bool:
     """Start the default process group from the launcher's environment; False when one already runs.
 
-    It is destroyed when the interpreter exits (or by the strategy's ``teardown``).
+    It lives until the process exits, or until the strategy that started it is torn down.
+    (Destroying it from an ``atexit`` hook races with the other ranks' exits: gloo aborts.)
     """
     if dist.is_initialized():
         return False
@@ -78,7 +78,6 @@ def start_process_group(
         torch.cuda.set_device(device)
         kwargs["device_id"] = device
     dist.init_process_group(**kwargs)
-    atexit.register(_destroy_at_exit)
     logger.info("Process group started: %s, backend %s, device %s", environment.describe(), backend, device)
     return True
 
@@ -92,11 +91,6 @@ def start_from_arguments(args: Any) -> bool:
     return start_process_group(
         environment, args.ddp_backend or default_backend(device), _timeout(args.ddp_timeout), device
     )
-
-
-def _destroy_at_exit() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 class ParallelStrategy(Strategy):
@@ -169,15 +163,17 @@ class ParallelStrategy(Strategy):
                 f"but the environment says {self.environment.describe()}"
             )
 
-    def _destroy_process_group(self) -> None:
-        if self._owns_group:
-            _destroy_at_exit()
-        self._owns_group = False
-
     def teardown(self) -> None:
-        """Restore the precision's flags, release the IO, and end the process group this strategy started."""
+        """Restore the precision's flags, release the IO, and end the process group this strategy started.
+
+        Call it on every rank: the ranks meet at a barrier first, so none closes its connections
+        while another still uses them.
+        """
         super().teardown()
-        self._destroy_process_group()
+        if self._owns_group and dist.is_initialized():
+            self.barrier("teardown")
+            dist.destroy_process_group()
+        self._owns_group = False
 
     # -------------------------------------------------------------- collectives
     def _on_device(self, tensor: torch.Tensor) -> torch.Tensor:

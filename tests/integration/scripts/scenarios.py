@@ -106,7 +106,7 @@ def _check_main_process_first(args: TrainingArguments, folder: Path) -> bool | N
 
 
 def run_scenario(spec: dict[str, Any], output: str | Path) -> dict[str, Any]:
-    """Run one scenario; returns what rank 0 saves (and the per-rank facts under "rank")."""
+    """Run one scenario; returns what rank 0 saves (and the per-rank facts under "rank" and its trainer)."""
     folder = Path(output) / spec["name"]
     if spec.get("per_node_output"):  # several "nodes" on one machine: give each its own output_dir
         folder = folder / f"node{os.environ.get('GROUP_RANK', 0)}"
@@ -114,6 +114,11 @@ def run_scenario(spec: dict[str, Any], output: str | Path) -> dict[str, Any]:
     args = TrainingArguments(output_dir=str(folder), **spec["args"])
     main_first = _check_main_process_first(args, folder) if spec.get("main_process_first") else None
     model = MODELS[spec.get("model", "token")]()
+    other_ranks = spec.get("other_ranks") if int(os.environ.get("RANK", 0)) != 0 else None
+    if other_ranks == "meta":  # what cpu_ram_efficient_loading allows: no weights outside rank 0
+        model = model.to("meta")
+    elif other_ranks == "different_weights":
+        model = MODELS[spec.get("model", "token")](seed=1)
     compute_metrics, preprocess = _metrics(spec.get("metrics"))
     callbacks = [FailAt(**spec["fail"])] if spec.get("fail") else []
     trainer = Trainer(
@@ -140,6 +145,7 @@ def run_scenario(spec: dict[str, Any], output: str | Path) -> dict[str, Any]:
         prediction = trainer.predict(TokenDataset(spec.get("eval_size", 7), seed=3))
         result["predictions"], result["label_ids"] = prediction.predictions, prediction.label_ids
         result["pred_metrics"] = prediction.metrics
+    result["trainer"] = trainer
     result["rank"] = {
         "rank": trainer.strategy.global_rank,
         "world_size": trainer.strategy.world_size,
@@ -160,12 +166,16 @@ def main() -> None:
     parser.add_argument("--output", required=True)
     opts = parser.parse_args()
     spec = json.loads(Path(opts.spec).read_text())
+    strategies = []
     for scenario in spec["scenarios"]:
         result = run_scenario(scenario, opts.output)
+        strategies.append(result.pop("trainer").strategy)
         facts = result.pop("rank")
         Path(opts.output, f"{scenario['name']}.rank{facts['rank']}.json").write_text(json.dumps(facts))
         if facts["rank"] == 0:
             torch.save(result, Path(opts.output, f"{scenario['name']}.pt"))
+    for strategy in strategies:  # the one that started the process group ends it, after a barrier
+        strategy.teardown()
 
 
 if __name__ == "__main__":
