@@ -68,6 +68,14 @@ class TokenModel(nn.Module):
         return out
 
 
+class TiedTokenModel(TokenModel):
+    """TokenModel whose output layer shares the embedding matrix (tied weights, as language models)."""
+
+    def __init__(self, vocab: int = 11, dim: int = 8, seed: int = 0, dropout: float = 0.0) -> None:
+        super().__init__(vocab, dim, seed, dropout)
+        self.head.weight = self.embed.weight
+
+
 class SumLossTokenModel(TokenModel):
     """The same model, normalising its summed loss by the ``num_items_in_batch`` it receives."""
 

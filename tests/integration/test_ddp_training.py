@@ -25,6 +25,7 @@ TRAIN_ARGS = {
 
 
 EVAL_EACH_EPOCH = {"eval_strategy": "epoch", "per_device_eval_batch_size": 2}
+CHECKPOINTS = {"save_strategy": "steps", "save_steps": 2}
 CASES = {"mean": ("token", {}), "sum": ("sum_token", EVAL_EACH_EPOCH)}  # name -> (model, extra arguments)
 
 
@@ -56,6 +57,8 @@ def ddp_runs(tmp_path_factory):
             },
             _scenario("sum", "sum_token", 2, **EVAL_EACH_EPOCH),
             _scenario("per_rank_tokens", "token", 2, average_tokens_across_devices=False),
+            _scenario("checkpointed", "token", 2, **CHECKPOINTS),
+            {**_scenario("resumed", "token", 2, **CHECKPOINTS), "resume_from": {"name": "checkpointed", "step": 2}},
         ]
     }
     return shared_job_folder(tmp_path_factory, "ddp", lambda folder: run_spec(spec, folder))
@@ -93,3 +96,14 @@ def test_only_rank_zero_logs_and_writes(ddp_runs):
     lines = (ddp_runs / "mean" / "log_history.jsonl").read_text().splitlines()
     assert len(lines) == 6  # 5 steps + the train summary, written once
     assert (ddp_runs / "mean" / "model.safetensors").exists()
+
+
+def test_ddp_resumes_from_a_checkpoint_like_the_uninterrupted_run(ddp_runs):
+    """DDP uses the one-process checkpoints (rank 0 writes); resuming on 2 ranks continues exactly."""
+    written = sorted(p.name for p in (ddp_runs / "checkpointed").glob("checkpoint-*"))
+    assert written == ["checkpoint-2", "checkpoint-4", "checkpoint-5"]  # every 2 steps, and the last
+    resumed, uninterrupted = _load(ddp_runs, "resumed"), _load(ddp_runs, "checkpointed")
+    assert _max_diff(resumed["state"], uninterrupted["state"]) == 0
+    assert [h["loss"] for h in resumed["log_history"] if "loss" in h] == [
+        h["loss"] for h in uninterrupted["log_history"] if "loss" in h
+    ]

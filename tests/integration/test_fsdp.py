@@ -55,6 +55,7 @@ def _evaluate(name: str, batch: int, **args: object) -> dict:
 def fsdp_runs(tmp_path_factory):
     scenarios = [_train(name, 2, **args) for name, (args, _) in SHARDINGS.items()]
     scenarios[0]["save_model"] = True
+    scenarios.append({**_train("tied", 2, "tied_token", fsdp="full_shard"), "save_model": True})
     scenarios += [
         _train("rank0_weights_only", 2, fsdp="full_shard", fsdp_config={"cpu_ram_efficient_loading": True}),
         {**_train("synced_from_rank0", 2, fsdp="full_shard"), "other_ranks": "different_weights"},
@@ -122,12 +123,13 @@ def test_fsdp_evaluate_and_predict_match_one_process(fsdp_runs, tmp_path):
     torch.testing.assert_close(torch.as_tensor(distributed["predictions"]), torch.as_tensor(reference["predictions"]))
 
 
-def test_save_model_writes_the_consolidated_weights_for_a_plain_model(fsdp_runs):
+@pytest.mark.parametrize(("name", "model"), [("full_shard", "token"), ("tied", "tied_token")])
+def test_save_model_writes_the_consolidated_weights_for_a_plain_model(fsdp_runs, tmp_path, name, model):
     from safetensors.torch import load_model
 
-    from tests.helpers import TokenModel
+    from tests.integration.scripts.scenarios import MODELS
 
-    plain = TokenModel(seed=5)
-    load_model(plain, str(fsdp_runs / "full_shard" / "model.safetensors"))
-    assert _max_diff(plain.state_dict(), _load(fsdp_runs, "full_shard")["state"]) == 0
-    assert not (fsdp_runs / "full_shard" / "model.safetensors.index.json").exists()
+    plain = MODELS[model](seed=5)
+    load_model(plain, str(fsdp_runs / name / "model.safetensors"))  # strict: every key, no extra one
+    reference = run_scenario(_train("reference", 4, model), tmp_path)
+    assert _max_diff(plain.state_dict(), reference["state"]) < 1e-5

@@ -203,8 +203,9 @@ class FSDPStrategy(ParallelStrategy):
         """The full (consolidated) state dict, on the CPU of rank 0; other ranks get ``{}``. Call it on every rank."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+        module = self.unwrap_model(model)
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_model_state_dict(self.unwrap_model(model), options=options)
+        return _retie(module, get_model_state_dict(module, options=options))
 
     def load_model_state_dict(self, model: nn.Module, state: dict[str, Any], strict: bool = True) -> Any:
         """Load a full state dict held by rank 0 into every shard (other ranks may pass ``{}``)."""
@@ -247,6 +248,16 @@ def _reshard(sharding: str, explicit: bool, reshard_after_forward: bool | int | 
             f"reshard_after_forward={reshard_after_forward}: remove one of them"
         )
     return reshard_after_forward
+
+
+def _retie(module: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """Tied parameters share one tensor again in the gathered state dict (saved once, as transformers does)."""
+    first: dict[int, str] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        owner = first.setdefault(id(param), name)
+        if owner != name and owner in state and name in state:
+            state[name] = state[owner]
+    return state
 
 
 @contextlib.contextmanager

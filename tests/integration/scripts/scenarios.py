@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from tests.helpers import IGNORE, SumLossTokenModel, TokenDataset, TokenModel
+from tests.helpers import IGNORE, SumLossTokenModel, TiedTokenModel, TokenDataset, TokenModel
 from trainkit import Trainer, TrainerCallback, TrainingArguments
 
-MODELS = {"token": TokenModel, "sum_token": SumLossTokenModel}
+MODELS = {"token": TokenModel, "sum_token": SumLossTokenModel, "tied_token": TiedTokenModel}
 
 
 def _joined(value: Any) -> np.ndarray:
@@ -105,6 +105,16 @@ def _check_main_process_first(args: TrainingArguments, folder: Path) -> bool | N
         return marker.exists()
 
 
+def _copy_checkpoints(args: TrainingArguments, source: Path, folder: Path, step: int) -> None:
+    import shutil
+
+    with args.main_process_first(desc="copying checkpoints"):
+        if args.process_index == 0:
+            for checkpoint in source.glob("checkpoint-*"):
+                if int(checkpoint.name.split("-")[1]) <= step:
+                    shutil.copytree(checkpoint, folder / checkpoint.name)
+
+
 def run_scenario(spec: dict[str, Any], output: str | Path) -> dict[str, Any]:
     """Run one scenario; returns what rank 0 saves (and the per-rank facts under "rank" and its trainer)."""
     folder = Path(output) / spec["name"]
@@ -113,7 +123,9 @@ def run_scenario(spec: dict[str, Any], output: str | Path) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     args = TrainingArguments(output_dir=str(folder), **spec["args"])
     main_first = _check_main_process_first(args, folder) if spec.get("main_process_first") else None
-    model = MODELS[spec.get("model", "token")]()
+    if spec.get("resume_from"):  # a copy of another run's checkpoints, cut back to the one to resume from
+        _copy_checkpoints(args, Path(output) / spec["resume_from"]["name"], folder, spec["resume_from"]["step"])
+    model = MODELS[spec.get("model", "token")](dropout=spec.get("dropout", 0.0))
     other_ranks = spec.get("other_ranks") if int(os.environ.get("RANK", 0)) != 0 else None
     if other_ranks == "meta":  # what cpu_ram_efficient_loading allows: no weights outside rank 0
         model = model.to("meta")
@@ -132,7 +144,7 @@ def run_scenario(spec: dict[str, Any], output: str | Path) -> dict[str, Any]:
     )
     result: dict[str, Any] = {}
     if spec["task"] == "train":
-        result["train_metrics"] = trainer.train().metrics
+        result["train_metrics"] = trainer.train(resume_from_checkpoint=bool(spec.get("resume_from"))).metrics
         result["log_history"] = trainer.state.log_history
         result["state"] = trainer.strategy.model_state_dict(trainer.model_wrapped)
         if spec.get("save_model"):
