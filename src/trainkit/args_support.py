@@ -141,8 +141,8 @@ FIELD_SUPPORT: dict[str, FieldSupport] = {
     "fsdp": _s(
         8,
         "FSDP2 (fully_shard) under torchrun: full_shard, shard_grad_op, hybrid_shard(_zero2) (needs several nodes), "
-        "no_shard, offload (CPUOffloadPolicy), auto_wrap. Checkpoint saving and save_model with fsdp arrive in issue 8 "
-        "phase B (refused until then). See docs/distributed.md.",
+        "no_shard, offload (CPUOffloadPolicy), auto_wrap. Sharded checkpoints arrive in issue 8 phase B: until then "
+        "fsdp needs save_strategy='no' (save_model writes the consolidated weights). See docs/distributed.md.",
     ),
     "fsdp_min_num_params": _alias("Deprecated: copied into fsdp_config['min_num_params']."),
     "fsdp_config": _s(

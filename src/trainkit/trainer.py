@@ -203,6 +203,12 @@ class Trainer(CheckpointingMixin, EvaluationMixin, MetricsReportingMixin):
         if self.train_dataset is None:
             raise ValueError("Trainer.train() needs a train_dataset: pass train_dataset=... to the Trainer.")
         dataset = self.train_dataset
+        if isinstance(dataset, IterableDataset) and self.strategy.world_size > 1:
+            logger.warning(
+                "The training dataset is an IterableDataset: each of the %d ranks reads it as given, so it must "
+                "shard itself by rank (e.g. datasets.distributed.split_dataset_by_node)",
+                self.strategy.world_size,
+            )
         lengths = None
         if self.args.group_by_length and not isinstance(dataset, IterableDataset):
             input_name = getattr(self.model, "main_input_name", "input_ids")

@@ -50,3 +50,14 @@ def test_a_failing_rank_says_which_one_and_where(tmp_path, caplog):
     with caplog.at_level(logging.ERROR, logger="trainkit"), pytest.raises(RuntimeError, match="broken forward"):
         trainer.train()
     assert "Rank 1 of 2 failed at step 0: RuntimeError: broken forward" in caplog.text
+
+
+def test_an_iterable_dataset_on_several_ranks_is_flagged(tmp_path, caplog):
+    from tests.helpers import StreamDataset
+
+    stream = StreamDataset(RegressionDataset(8))
+    args = quiet_args(str(tmp_path), max_steps=1)
+    trainer = Trainer(RegressionModel(), args, train_dataset=stream, strategy=PretendRank())
+    with caplog.at_level(logging.WARNING, logger="trainkit"):
+        trainer.get_train_dataloader()
+    assert "must shard itself by rank" in caplog.text
