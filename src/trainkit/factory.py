@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from trainkit.precision.base import Precision
     from trainkit.strategies.base import Strategy
 
-__all__ = ["Components", "build_components", "build_precision"]
+__all__ = ["Components", "build_components", "build_precision", "build_xla_strategy"]
 
 
 @dataclass
@@ -107,10 +107,36 @@ def build_components(
     from trainkit.strategies.single_device import SingleDeviceStrategy, default_device
 
     if strategy is None:
-        strategy = SingleDeviceStrategy(device=default_device(args.use_cpu))
+        strategy = build_xla_strategy(args) or SingleDeviceStrategy(device=default_device(args.use_cpu))
     if precision is None:
         precision = build_precision(args, strategy.root_device)
     strategy.precision = precision
     if checkpoint_io is not None:
         strategy.checkpoint_io = checkpoint_io
     return Components(strategy=strategy, precision=precision, checkpoint_io=checkpoint_io)
+
+
+def build_xla_strategy(args: TrainingArguments) -> Strategy | None:
+    """The XLA strategy ``args`` ask for, or None when they ask for none.
+
+    ``fsdp_config['xla']`` (with ``xla_fsdp_v2``, checked by the arguments) selects SPMD fully-sharded
+    training over every device, as transformers' FSDPv2. Otherwise ``PJRT_DEVICE`` set in the
+    environment selects one XLA device per process, unless ``use_cpu=True``. transformers picks XLA
+    whenever torch_xla is importable; trainkit wants it asked for.
+    """
+    import os
+
+    config = args.fsdp_config if isinstance(args.fsdp_config, dict) else {}
+    if config.get("xla"):
+        from trainkit.strategies.xla_spmd import XLASPMDStrategy
+
+        return XLASPMDStrategy(
+            shard_parameters=True,
+            activation_checkpointing=bool(config.get("xla_fsdp_grad_ckpt")),
+            layer_classes=config.get("transformer_layer_cls_to_wrap"),
+        )
+    if os.environ.get("PJRT_DEVICE") and not args.use_cpu:
+        from trainkit.strategies.xla import XLAStrategy
+
+        return XLAStrategy()
+    return None

@@ -149,6 +149,7 @@ class FitLoop:
         grad_norm = None
         if self._max_grad_norm:
             grad_norm = strategy.clip_gradients(t.model_wrapped, self.optimizer, self._max_grad_norm)
+        strategy.mark_step()  # a lazy backend (XLA) runs forward/backward here, before the loss is read
         loss_value, loss_finite, step_ok = self._finite_flags(window_loss, grad_norm)
         t.control = handler.on_pre_optimizer_step(args, t.state, t.control)
         if step_ok:
