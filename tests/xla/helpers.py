@@ -1,8 +1,9 @@
 """A short Trainer run (train, evaluate, predict) shared by the XLA tests and the SPMD script.
 
-Tolerances (measured on CPU PJRT, torch_xla 2.9.0; docs/xla.md): fp32 runs on XLA agree with the
-CPU run to ~5e-7 in the losses and ~1.2e-7 in the weights, and SPMD over two virtual devices with
-one XLA device to the same order; bf16/fp16 mixed precision on XLA agree with the CPU's to ~2e-3.
+Tolerances (measured on CPU PJRT, torch_xla 2.9.0, by benchmarks/xla_agreement.py; docs/xla.md):
+fp32 runs on XLA agree with the CPU run to 4.8e-7 in the losses and 1.2e-7 in the weights, SPMD over
+two virtual devices with one XLA device to the same order; bf16/fp16 mixed precision on XLA agree
+with the CPU's to 1.6e-3 in the weights and 3.9e-3 in the predictions (one bf16 ulp near 1).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from torch.utils.data import Dataset
 
 from tests.helpers import IGNORE, TokenDataset, TokenModel, quiet_args
 
-FP32_TOLERANCE = 1e-5  # absolute, on losses, weights, predictions (measured: <= 5e-7)
-HALF_TOLERANCE = 1e-2  # absolute, bf16/fp16 mixed precision against the CPU's (measured: <= 2e-3)
+FP32_TOLERANCE = 1e-5  # absolute, on losses, weights, predictions (measured: <= 4.8e-7)
+HALF_TOLERANCE = 1e-2  # absolute and relative, bf16/fp16 mixed precision against the CPU's (measured: <= 3.9e-3)
 
 
 class VariableLengthTokens(Dataset[dict[str, torch.Tensor]]):
@@ -106,8 +107,11 @@ def max_weight_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
 
 
-def assert_runs_agree(expected: RunResult, actual: RunResult, tolerance: float) -> None:
-    """Same losses, gradient norms, evaluation loss, predictions (with the same -100 padding) and weights."""
+def assert_runs_agree(expected: RunResult, actual: RunResult, tolerance: float, relative: float = 0.0) -> None:
+    """Same losses, gradient norms, evaluation loss, predictions (with the same -100 padding) and weights.
+
+    ``relative`` loosens the predictions' comparison by that fraction of their size (half-precision logits).
+    """
     assert len(actual.losses) == len(expected.losses) == 6
     np.testing.assert_allclose(actual.losses, expected.losses, rtol=0, atol=tolerance)
     np.testing.assert_allclose(actual.grad_norms, expected.grad_norms, rtol=0, atol=tolerance)
@@ -116,7 +120,7 @@ def assert_runs_agree(expected: RunResult, actual: RunResult, tolerance: float) 
     assert actual.predictions.shape == expected.predictions.shape
     padded = expected.predictions == IGNORE
     np.testing.assert_array_equal(actual.predictions == IGNORE, padded)
-    np.testing.assert_allclose(actual.predictions, expected.predictions, rtol=0, atol=tolerance)
+    np.testing.assert_allclose(actual.predictions, expected.predictions, rtol=relative, atol=tolerance)
     assert max_weight_difference(expected.weights, actual.weights) <= tolerance
 
 
