@@ -45,6 +45,7 @@ def main() -> None:
 
     torch_xla.device()  # the runtime before any backward (the autograd engine sizes its device queues once)
     from tests.xla.helpers import train_evaluate_predict
+    from tests.xla.spmd_run import ODD_BATCH
 
     from trainkit.strategies.single_device import SingleDeviceStrategy
     from trainkit.strategies.xla import XLAStrategy
@@ -61,6 +62,9 @@ def main() -> None:
                 rows.append(("XLA adamw_torch_xla vs CPU adamw_torch", *_differences(cpu, optim)))
         for mode in ("data_parallel", "fully_sharded", "fully_sharded_checkpointed"):
             rows.append((f"SPMD 2 devices ({mode}) vs 1 XLA device", *_differences(one, _spmd(mode, folder))))
+        one_odd = train_evaluate_predict(XLAStrategy(), folder, **ODD_BATCH)
+        odd = _spmd("fully_sharded_odd_batch", folder)
+        rows.append(("SPMD 2 devices (fully_sharded, batch 3) vs 1 XLA device", *_differences(one_odd, odd)))
     print(f"{'comparison':<60} {'losses':>10} {'weights':>10} {'predictions':>12}")
     for name, losses, weights, predictions in rows:
         print(f"{name:<60} {losses:>10.2e} {weights:>10.2e} {predictions:>12.2e}")

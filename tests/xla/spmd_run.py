@@ -1,8 +1,8 @@
 """Run tests/xla/helpers' Trainer run under XLASPMDStrategy, in a fresh process (SPMD mode is process-wide).
 
-Usage: ``python tests/xla/spmd_run.py MODE OUT`` with MODE ``data_parallel``, ``fully_sharded`` or
-``fully_sharded_checkpointed``; writes the run's losses, predictions, weights and the parameters'
-and inputs' sharding to OUT (torch.save).
+Usage: ``python tests/xla/spmd_run.py MODE OUT`` with MODE ``data_parallel``, ``fully_sharded``,
+``fully_sharded_checkpointed`` or ``fully_sharded_odd_batch`` (batches of 3 on 2 devices); writes
+the run's losses, predictions, weights and the parameters' and inputs' sharding to OUT (torch.save).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import tempfile
 import torch
 
 CHECKPOINTED = "_xla_checkpointed_forward_original"  # set by torch_xla's checkpoint_module
+ODD_BATCH = {"per_device_train_batch_size": 3, "per_device_eval_batch_size": 3}
 
 
 def main(mode: str, out: str) -> None:
@@ -28,9 +29,10 @@ def main(mode: str, out: str) -> None:
         layer_classes=["Linear", "LayerNorm"] if mode == "fully_sharded_checkpointed" else None,
     )
     with tempfile.TemporaryDirectory() as folder:
-        run = train_evaluate_predict(strategy, folder)
+        run = train_evaluate_predict(strategy, folder, **(ODD_BATCH if mode == "fully_sharded_odd_batch" else {}))
     model = run.trainer.model
-    batch = strategy.batch_to_device({"input_ids": torch.zeros(4, 3, dtype=torch.long), "scalar": torch.tensor(1.0)})
+    probe = {"input_ids": torch.zeros(4, 3, dtype=torch.long), "odd": torch.zeros(3, 2), "scalar": torch.tensor(1.0)}
+    batch = strategy.batch_to_device(probe)
     torch.save(
         {
             "devices": xr.global_runtime_device_count(),

@@ -25,6 +25,7 @@ from tests.xla.helpers import (  # noqa: E402
     cpu_devices_env,
     train_evaluate_predict,
 )
+from tests.xla.spmd_run import ODD_BATCH  # noqa: E402
 from trainkit.strategies.xla import XLAStrategy  # noqa: E402
 from trainkit.strategies.xla_spmd import XLASPMDStrategy, partition_spec  # noqa: E402
 
@@ -36,6 +37,11 @@ SCRIPT = Path(__file__).with_name("spmd_run.py")
 @pytest.fixture(scope="module")
 def one_device(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
     return train_evaluate_predict(XLAStrategy(), str(tmp_path_factory.mktemp("one")))
+
+
+@pytest.fixture(scope="module")
+def one_device_odd_batch(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    return train_evaluate_predict(XLAStrategy(), str(tmp_path_factory.mktemp("one_odd")), **ODD_BATCH)
 
 
 def _spmd_run(mode: str, tmp_path: Path) -> dict[str, Any]:
@@ -69,8 +75,9 @@ def test_spmd_on_two_devices_equals_one_device(mode: str, one_device: RunResult,
         assert set(result["param_sharding"].values()) <= {"", "{replicated}"}
     else:
         assert set(sharded) == set(result["param_sharding"])  # every parameter split over the two devices
-    # the batch is split on its first dimension; a scalar is replicated
+    # the batch is split on its first dimension (3 rows too: the last shard is padded); a scalar is replicated
     assert result["input_sharding"]["input_ids"].startswith("{devices=[2,1]")
+    assert result["input_sharding"]["odd"].startswith("{devices=[2,1]")
     assert "devices=" not in result["input_sharding"]["scalar"]
     assert result["state_dict_devices"] == ["cpu"]
     assert result["checkpointed"] == (["head", "norm"] if mode == "fully_sharded_checkpointed" else [])
@@ -98,3 +105,8 @@ def test_named_layers_default_to_the_models_no_split_modules():
     model._no_split_modules = ["LayerNorm"]  # type: ignore[assignment]
     assert XLASPMDStrategy()._named_layers(model) == [model.norm]
     assert XLASPMDStrategy()._named_layers(TokenModel()) == []
+
+
+def test_spmd_with_batches_the_devices_do_not_divide_equals_one_device(one_device_odd_batch: RunResult, tmp_path: Path):
+    result = _spmd_run("fully_sharded_odd_batch", tmp_path)
+    assert_runs_agree(one_device_odd_batch, _as_run(result), FP32_TOLERANCE)

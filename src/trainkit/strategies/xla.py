@@ -51,6 +51,7 @@ class XLAStrategy(Strategy):
         self._device_copies = DeviceCopies()
         self._gradients_reduced = False
         self._started_process_group = False
+        self._ranks: tuple[int, int, int] | None = None
 
     # ----------------------------------------------------------------- topology
     @property
@@ -63,21 +64,23 @@ class XLAStrategy(Strategy):
 
     @property
     def global_rank(self) -> int:
-        import torch_xla.runtime as xr
-
-        return int(xr.global_ordinal())
+        return self._topology()[0]
 
     @property
     def local_rank(self) -> int:
-        import torch_xla.runtime as xr
-
-        return int(xr.local_ordinal())
+        return self._topology()[1]
 
     @property
     def world_size(self) -> int:
-        import torch_xla.runtime as xr
+        return self._topology()[2]
 
-        return int(xr.world_size())
+    def _topology(self) -> tuple[int, int, int]:
+        """(global rank, local rank, world size) from the PJRT runtime, fixed for the process's life."""
+        if self._ranks is None:
+            import torch_xla.runtime as xr
+
+            self._ranks = (int(xr.global_ordinal()), int(xr.local_ordinal()), int(xr.world_size()))
+        return self._ranks
 
     @property
     def distributed_sampler_kwargs(self) -> dict[str, int] | None:

@@ -43,10 +43,10 @@ class DeviceCopies:
         return len(self._copies)
 
 
-def send_to_xla(batch: Any, device: torch.device, sharding_for: Callable[[int], Any] | None = None) -> Any:
-    """``batch`` with its CPU tensors sent to ``device`` in one transfer per tensor rank.
+def send_to_xla(batch: Any, device: torch.device, sharding_for: Callable[[torch.Tensor], Any] | None = None) -> Any:
+    """``batch`` with its CPU tensors sent to ``device``, one transfer per sharding.
 
-    ``sharding_for(ndim)`` gives the SPMD ``ShardingSpec`` of the tensors of that rank (None: replicated);
+    ``sharding_for(tensor)`` gives the SPMD ``ShardingSpec`` a tensor is sent with (None: replicated);
     the container types (dicts, ``BatchEncoding``, tuples, dataclasses) are kept.
     """
     import torch_xla.core.xla_model as xm
@@ -55,10 +55,12 @@ def send_to_xla(batch: Any, device: torch.device, sharding_for: Callable[[int], 
     apply_to_collection(batch, torch.Tensor, lambda t: host.append(t) if t.device.type == "cpu" else None)
     if not host:
         return batch
+    groups: dict[int, tuple[Any, list[torch.Tensor]]] = {}
+    for tensor in host:
+        spec = sharding_for(tensor) if sharding_for is not None else None
+        groups.setdefault(id(spec), (spec, []))[1].append(tensor)
     moved: dict[int, torch.Tensor] = {}
-    for ndim in sorted({t.ndim for t in host}):
-        group = [t for t in host if t.ndim == ndim]
-        spec = sharding_for(ndim) if sharding_for is not None and ndim > 0 else None
+    for spec, group in groups.values():
         for source, target in zip(group, xm.send_cpu_data_to_device(group, device, spec)):
             moved[id(source)] = target
     return apply_to_collection(batch, torch.Tensor, lambda t: moved.get(id(t), t))

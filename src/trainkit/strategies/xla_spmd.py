@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch import nn
 
 from trainkit.checkpoint.io import CheckpointIO
@@ -36,6 +37,10 @@ def partition_spec(shape: Sequence[int]) -> tuple[str | None, ...]:
     spec: list[str | None] = [None] * len(shape)
     spec[list(shape).index(max(shape))] = "fsdp"
     return tuple(spec)
+
+
+def _batch_spec(ndim: int) -> tuple[str | None, ...]:
+    return ("fsdp",) + (None,) * (ndim - 1)
 
 
 class XLASPMDStrategy(XLAStrategy):
@@ -62,6 +67,7 @@ class XLASPMDStrategy(XLAStrategy):
         self.activation_checkpointing = activation_checkpointing
         self.layer_classes = list(layer_classes) if layer_classes is not None else None
         self._mesh: Any = None
+        self._num_devices: int | None = None
         self._input_specs: dict[int, Any] = {}
 
     # ----------------------------------------------------------------- topology
@@ -84,10 +90,12 @@ class XLASPMDStrategy(XLAStrategy):
 
     @property
     def num_devices(self) -> int:
-        import torch_xla.runtime as xr
+        if self._num_devices is None:
+            import torch_xla.runtime as xr
 
-        self._use_spmd()
-        return int(xr.global_runtime_device_count())
+            self._use_spmd()
+            self._num_devices = int(xr.global_runtime_device_count())
+        return self._num_devices
 
     @property
     def mesh(self) -> Any:
@@ -160,15 +168,26 @@ class XLASPMDStrategy(XLAStrategy):
         return layers
 
     def _send(self, batch: Any) -> Any:
-        return send_to_xla(batch, self.root_device, self._input_spec)
+        moved = send_to_xla(batch, self.root_device, self._input_spec)
+        return apply_to_collection(moved, torch.Tensor, self._shard_uneven)
 
-    def _input_spec(self, ndim: int) -> Any:
-        """Inputs of rank ``ndim`` split on their first (batch) dimension over ``fsdp``."""
-        if ndim not in self._input_specs:
+    def _input_spec(self, tensor: torch.Tensor) -> Any:
+        """Inputs split on their first (batch) dimension over ``fsdp``; scalars and uneven ones sent whole."""
+        if tensor.ndim == 0 or tensor.shape[0] % self.num_devices:
+            return None
+        if tensor.ndim not in self._input_specs:
             import torch_xla.distributed.spmd as xs
 
-            self._input_specs[ndim] = xs.ShardingSpec(self.mesh, ("fsdp",) + (None,) * (ndim - 1))
-        return self._input_specs[ndim]
+            self._input_specs[tensor.ndim] = xs.ShardingSpec(self.mesh, _batch_spec(tensor.ndim))
+        return self._input_specs[tensor.ndim]
+
+    def _shard_uneven(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A batch dimension the devices do not divide: marked after the transfer (XLA pads the last shard)."""
+        if tensor.device.type == "xla" and tensor.ndim > 0 and tensor.shape[0] % self.num_devices:
+            import torch_xla.distributed.spmd as xs
+
+            xs.mark_sharding(tensor, self.mesh, _batch_spec(tensor.ndim))
+        return tensor
 
     def __repr__(self) -> str:
         return (
