@@ -117,12 +117,14 @@ def build_components(
 
 
 def build_xla_strategy(args: TrainingArguments) -> Strategy | None:
-    """The XLA strategy ``args`` ask for, or None when they ask for none.
+    """The XLA strategy ``args`` and the environment ask for, or None when they ask for none.
 
     ``fsdp_config['xla']`` (with ``xla_fsdp_v2``, checked by the arguments) selects SPMD fully-sharded
-    training over every device, as transformers' FSDPv2. Otherwise ``PJRT_DEVICE`` set in the
-    environment selects one XLA device per process, unless ``use_cpu=True``. transformers picks XLA
-    whenever torch_xla is importable; trainkit wants it asked for.
+    training over every device, as transformers' FSDPv2. Otherwise ``PJRT_DEVICE`` naming an
+    accelerator (``TPU``, ``NEURON``, ...) selects one XLA device per process, unless ``use_cpu=True``.
+    ``PJRT_DEVICE=CPU`` does not: importing torch_xla sets it by itself when it finds no accelerator,
+    so it cannot tell a request; CPU PJRT is chosen with ``strategy=XLAStrategy()``. (transformers
+    picks XLA whenever torch_xla is importable.)
     """
     import os
 
@@ -135,7 +137,7 @@ def build_xla_strategy(args: TrainingArguments) -> Strategy | None:
             activation_checkpointing=bool(config.get("xla_fsdp_grad_ckpt")),
             layer_classes=config.get("transformer_layer_cls_to_wrap"),
         )
-    if os.environ.get("PJRT_DEVICE") and not args.use_cpu:
+    if os.environ.get("PJRT_DEVICE", "CPU").upper() != "CPU" and not args.use_cpu:
         from trainkit.strategies.xla import XLAStrategy
 
         return XLAStrategy()

@@ -78,3 +78,5 @@ def test_without_torch_xla_the_strategies_and_pjrt_device_name_the_install(monke
     with pytest.raises(ImportError, match=r"XLAStrategy needs the package 'torch_xla'"):
         build_components(_args())
     assert build_components(_args(use_cpu=True)).strategy.root_device.type == "cpu"
+    monkeypatch.setenv("PJRT_DEVICE", "CPU")  # what torch_xla's import sets by itself: not a request
+    assert build_components(_args()).strategy.root_device.type in ("cpu", "cuda", "mps")

@@ -218,19 +218,21 @@ def test_one_process_topology_and_collectives_are_identities():
 
 
 # ------------------------------------------------------------------ factory: when XLA is used
-def test_factory_picks_xla_when_pjrt_device_is_set_and_the_cpu_when_use_cpu(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("PJRT_DEVICE", "CPU")
-    assert isinstance(build_components(TrainingArguments(output_dir="x", report_to="none")).strategy, XLAStrategy)
-    cpu = build_components(TrainingArguments(output_dir="x", report_to="none", use_cpu=True)).strategy
-    assert isinstance(cpu, SingleDeviceStrategy)
-    assert cpu.root_device.type == "cpu"
+def test_factory_picks_xla_when_pjrt_device_names_an_accelerator(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("PJRT_DEVICE", "TPU")
+    assert isinstance(build_xla_strategy(TrainingArguments(output_dir="x", report_to="none")), XLAStrategy)
+    assert build_xla_strategy(TrainingArguments(output_dir="x", report_to="none", use_cpu=True)) is None
+    # importing torch_xla sets PJRT_DEVICE=CPU by itself: CPU PJRT is asked for with a strategy object
+    for value in ("CPU", "cpu"):
+        monkeypatch.setenv("PJRT_DEVICE", value)
+        assert build_xla_strategy(TrainingArguments(output_dir="x", report_to="none")) is None
+        assert isinstance(build_components(TrainingArguments(output_dir="x")).strategy, SingleDeviceStrategy)
     monkeypatch.delenv("PJRT_DEVICE")
-    assert not isinstance(build_components(TrainingArguments(output_dir="x", report_to="none")).strategy, XLAStrategy)
+    assert build_xla_strategy(TrainingArguments(output_dir="x", report_to="none")) is None
 
 
-def test_factory_gives_bf16_mixed_precision_to_the_xla_strategy(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("PJRT_DEVICE", "CPU")
-    components = build_components(TrainingArguments(output_dir="x", report_to="none", bf16=True))
+def test_factory_gives_the_xla_strategy_bf16_mixed_precision_on_the_xla_device():
+    components = build_components(TrainingArguments(output_dir="x", report_to="none", bf16=True), XLAStrategy())
     assert components.strategy.precision is components.precision
     assert components.precision.name == "bf16-mixed"
     components.strategy.setup_environment()
