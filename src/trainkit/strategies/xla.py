@@ -31,7 +31,7 @@ def to_cpu(state: Any) -> Any:
     """``state`` with every XLA tensor copied to the host (checkpoints are written from CPU tensors)."""
     import torch_xla
 
-    torch_xla.sync()  # pending updates first: a tensor read before them would be stale work traced twice
+    torch_xla.sync()  # run the pending work as one graph: each copy below is then a transfer, not a graph
     return apply_to_collection(state, torch.Tensor, lambda t: t.cpu() if t.device.type == "xla" else t)
 
 

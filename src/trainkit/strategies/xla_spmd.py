@@ -68,6 +68,7 @@ class XLASPMDStrategy(XLAStrategy):
         self.layer_classes = list(layer_classes) if layer_classes is not None else None
         self._mesh: Any = None
         self._num_devices: int | None = None
+        self._spmd_on = False
         self._input_specs: dict[int, Any] = {}
 
     # ----------------------------------------------------------------- topology
@@ -109,6 +110,8 @@ class XLASPMDStrategy(XLAStrategy):
         return self._mesh
 
     def _use_spmd(self) -> None:
+        if self._spmd_on:
+            return
         import torch_xla.runtime as xr
 
         if not xr.is_spmd():
@@ -118,6 +121,7 @@ class XLASPMDStrategy(XLAStrategy):
                 f"XLASPMDStrategy drives the devices of one host from one process; PJRT reports "
                 f"{xr.process_count()} processes (multi-host SPMD is not implemented)"
             )
+        self._spmd_on = True
 
     # -------------------------------------------------------------------- setup
     def setup_environment(self) -> None:
@@ -184,9 +188,11 @@ class XLASPMDStrategy(XLAStrategy):
     def _shard_uneven(self, tensor: torch.Tensor) -> torch.Tensor:
         """A batch dimension the devices do not divide: marked after the transfer (XLA pads the last shard)."""
         if tensor.device.type == "xla" and tensor.ndim > 0 and tensor.shape[0] % self.num_devices:
+            import torch_xla
             import torch_xla.distributed.spmd as xs
 
-            xs.mark_sharding(tensor, self.mesh, _batch_spec(tensor.ndim))
+            if torch_xla._XLAC._get_xla_sharding_spec(tensor) in ("", "{replicated}"):  # not split by the caller
+                xs.mark_sharding(tensor, self.mesh, _batch_spec(tensor.ndim))
         return tensor
 
     def __repr__(self) -> str:
