@@ -136,9 +136,14 @@ FIELD_SUPPORT: dict[str, FieldSupport] = {
     ),
     "greater_is_better": _s(6, "Defaults to False for metrics ending in 'loss'."),
     "ignore_data_skip": _s(7, "On resume, start the epoch from its beginning."),
-    "fsdp": _s(8, "FSDP2 fully_shard options."),
+    "fsdp": _s(8, "FSDP2 fully_shard options; 'full_shard' (and 'auto_wrap') with fsdp_config['xla'] for XLA FSDPv2."),
     "fsdp_min_num_params": _alias("Deprecated: copied into fsdp_config['min_num_params']."),
-    "fsdp_config": _s(8, "FSDP2 configuration keys."),
+    "fsdp_config": _s(
+        8,
+        "FSDP2 configuration keys. 'xla' + 'xla_fsdp_v2' select XLA SPMD fully-sharded training (docs/xla.md), "
+        "'xla_fsdp_grad_ckpt' checkpoints the layers named by 'transformer_layer_cls_to_wrap'; XLA FSDP v1 "
+        "('xla' alone, 'xla_fsdp_settings') is refused.",
+    ),
     "fsdp_transformer_layer_cls_to_wrap": _alias("Deprecated: copied into fsdp_config."),
     "accelerator_config": _no(
         "accelerate's AcceleratorConfig has no meaning without accelerate; the Strategy objects take these settings."

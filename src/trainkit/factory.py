@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from trainkit.precision.base import Precision
     from trainkit.strategies.base import Strategy
 
-__all__ = ["Components", "build_checkpoint_io", "build_components", "build_precision"]
+__all__ = ["Components", "build_checkpoint_io", "build_components", "build_precision", "build_xla_strategy"]
 
 
 @dataclass
@@ -122,7 +122,7 @@ def build_components(
     from trainkit.strategies.single_device import SingleDeviceStrategy, default_device
 
     if strategy is None:
-        strategy = SingleDeviceStrategy(device=default_device(args.use_cpu))
+        strategy = build_xla_strategy(args) or SingleDeviceStrategy(device=default_device(args.use_cpu))
     if precision is None:
         precision = _precision_for(args, strategy)
     strategy.precision = precision
@@ -146,3 +146,31 @@ def _precision_for(args: TrainingArguments, strategy: Strategy) -> Precision:
             )
         return own
     return build_precision(args, strategy.root_device)
+
+
+def build_xla_strategy(args: TrainingArguments) -> Strategy | None:
+    """The XLA strategy ``args`` and the environment ask for, or None when they ask for none.
+
+    ``fsdp_config['xla']`` (with ``xla_fsdp_v2``, checked by the arguments) selects SPMD fully-sharded
+    training over every device, as transformers' FSDPv2. Otherwise ``PJRT_DEVICE`` naming an
+    accelerator (``TPU``, ``NEURON``, ...) selects one XLA device per process, unless ``use_cpu=True``.
+    ``PJRT_DEVICE=CPU`` does not: importing torch_xla sets it by itself when it finds no accelerator,
+    so it cannot tell a request; CPU PJRT is chosen with ``strategy=XLAStrategy()``. (transformers
+    picks XLA whenever torch_xla is importable.)
+    """
+    import os
+
+    config = args.fsdp_config if isinstance(args.fsdp_config, dict) else {}
+    if config.get("xla"):
+        from trainkit.strategies.xla_spmd import XLASPMDStrategy
+
+        return XLASPMDStrategy(
+            shard_parameters=True,
+            activation_checkpointing=bool(config.get("xla_fsdp_grad_ckpt")),
+            layer_classes=config.get("transformer_layer_cls_to_wrap"),
+        )
+    if os.environ.get("PJRT_DEVICE", "CPU").upper() != "CPU" and not args.use_cpu:
+        from trainkit.strategies.xla import XLAStrategy
+
+        return XLAStrategy()
+    return None

@@ -146,6 +146,7 @@ class EvaluationLoop:
         tokens = count_label_tokens(inputs, t.label_names)
         main_inputs = self._main_inputs(inputs)
         loss, logits, labels = t.prediction_step(model, inputs, loss_only, ignore_keys=ignore_keys)
+        self.strategy.mark_step()  # a lazy backend (XLA) runs the batch once, before anything is read
         acc.observed += size
         if loss is not None:
             weight = tokens if tokens else size
