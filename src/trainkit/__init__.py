@@ -46,6 +46,8 @@ _EXPORTS: dict[str, str] = {
     "HalfPrecision": "trainkit.precision",
     "SingleDeviceStrategy": "trainkit.strategies",
     "get_last_checkpoint": "trainkit.checkpoint.discovery",
+    "XLAStrategy": "trainkit.strategies",
+    "XLASPMDStrategy": "trainkit.strategies",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -72,7 +74,7 @@ if TYPE_CHECKING:
     from trainkit.precision import HalfPrecision, MixedPrecision, Precision
     from trainkit.registry import Registry
     from trainkit.state import TrainerControl, TrainerState
-    from trainkit.strategies import SingleDeviceStrategy
+    from trainkit.strategies import SingleDeviceStrategy, XLASPMDStrategy, XLAStrategy
     from trainkit.strategies.base import Strategy
     from trainkit.trainer import Trainer
     from trainkit.trainer_utils import EvalPrediction, PredictionOutput, TrainOutput

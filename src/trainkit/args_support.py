@@ -142,11 +142,15 @@ FIELD_SUPPORT: dict[str, FieldSupport] = {
         8,
         "FSDP2 (fully_shard) under torchrun: full_shard, shard_grad_op, hybrid_shard(_zero2) (needs several nodes), "
         "no_shard, offload (CPUOffloadPolicy), auto_wrap. Sharded checkpoints arrive in issue 8 phase B: until then "
-        "fsdp needs save_strategy='no' (save_model writes the consolidated weights). See docs/distributed.md.",
+        "fsdp needs save_strategy='no' (save_model writes the consolidated weights). 'full_shard' (and 'auto_wrap') "
+        "with fsdp_config['xla'] select XLA FSDPv2 instead. See docs/distributed.md and docs/xla.md.",
     ),
     "fsdp_min_num_params": _alias("Deprecated: copied into fsdp_config['min_num_params']."),
     "fsdp_config": _s(
-        8, "Every transformers key mapped to FSDP2 or refused with the reason; unknown keys are refused."
+        8,
+        "Every transformers key mapped to FSDP2 or refused with the reason; unknown keys are refused. 'xla' + "
+        "'xla_fsdp_v2' select XLA SPMD fully-sharded training (docs/xla.md), 'xla_fsdp_grad_ckpt' checkpoints the "
+        "layers named by 'transformer_layer_cls_to_wrap'; XLA FSDP v1 ('xla' alone, 'xla_fsdp_settings') is refused.",
     ),
     "fsdp_transformer_layer_cls_to_wrap": _alias("Deprecated: copied into fsdp_config."),
     "accelerator_config": _no(

@@ -407,6 +407,9 @@ def _check_fsdp(args: TrainingArguments) -> None:
     _normalize_fsdp_config(args)
     if args.fsdp and args.deepspeed:
         raise ValueError("TrainingArguments: fsdp and deepspeed are exclusive; choose one")
+    from trainkit.args_xla import check_xla_fsdp_config
+
+    check_xla_fsdp_config(args)
 
 
 def _normalize_fsdp_config(args: TrainingArguments) -> None:

@@ -21,7 +21,14 @@ if TYPE_CHECKING:
     from trainkit.precision.base import Precision
     from trainkit.strategies.base import Strategy
 
-__all__ = ["Components", "build_checkpoint_io", "build_components", "build_precision", "build_strategy"]
+__all__ = [
+    "Components",
+    "build_checkpoint_io",
+    "build_components",
+    "build_precision",
+    "build_strategy",
+    "build_xla_strategy",
+]
 
 logger = get_logger(__name__)
 
@@ -105,12 +112,16 @@ def _supports_tf32(device: torch.device) -> bool:
 def build_strategy(args: TrainingArguments, environ: Mapping[str, str] | None = None) -> Strategy:
     """The Strategy for ``args`` in this process's environment.
 
-    Under torchrun (``RANK``/``WORLD_SIZE`` set): ``FSDPStrategy`` when ``fsdp`` is set, else
-    ``DDPStrategy``. Without a launcher: ``SingleDeviceStrategy``; ``fsdp`` is then an error (it
-    needs one process per device), while ``ddp_*`` values only take effect under torchrun.
+    XLA first (``build_xla_strategy``: ``fsdp_config['xla']`` or ``PJRT_DEVICE``). Under torchrun
+    (``RANK``/``WORLD_SIZE`` set): ``FSDPStrategy`` when ``fsdp`` is set, else ``DDPStrategy``.
+    Without a launcher: ``SingleDeviceStrategy``; ``fsdp`` is then an error (it needs one process
+    per device), while ``ddp_*`` values only take effect under torchrun.
     """
     from trainkit.strategies.environment import TORCHRUN_HINT, ProcessEnvironment
 
+    xla = build_xla_strategy(args)
+    if xla is not None:
+        return xla
     env = ProcessEnvironment.from_environ(environ, args.local_rank)
     options = [str(getattr(o, "value", o)) for o in args.fsdp or []]  # type: ignore[union-attr]
     if args.fsdp_config and not options:
@@ -235,3 +246,31 @@ def _precision_for(args: TrainingArguments, strategy: Strategy) -> Precision:
             )
         return own
     return build_precision(args, strategy.root_device)
+
+
+def build_xla_strategy(args: TrainingArguments) -> Strategy | None:
+    """The XLA strategy ``args`` and the environment ask for, or None when they ask for none.
+
+    ``fsdp_config['xla']`` (with ``xla_fsdp_v2``, checked by the arguments) selects SPMD fully-sharded
+    training over every device, as transformers' FSDPv2. Otherwise ``PJRT_DEVICE`` naming an
+    accelerator (``TPU``, ``NEURON``, ...) selects one XLA device per process, unless ``use_cpu=True``.
+    ``PJRT_DEVICE=CPU`` does not: importing torch_xla sets it by itself when it finds no accelerator,
+    so it cannot tell a request; CPU PJRT is chosen with ``strategy=XLAStrategy()``. (transformers
+    picks XLA whenever torch_xla is importable.)
+    """
+    import os
+
+    config = args.fsdp_config if isinstance(args.fsdp_config, dict) else {}
+    if config.get("xla"):
+        from trainkit.strategies.xla_spmd import XLASPMDStrategy
+
+        return XLASPMDStrategy(
+            shard_parameters=True,
+            activation_checkpointing=bool(config.get("xla_fsdp_grad_ckpt")),
+            layer_classes=config.get("transformer_layer_cls_to_wrap"),
+        )
+    if os.environ.get("PJRT_DEVICE", "CPU").upper() != "CPU" and not args.use_cpu:
+        from trainkit.strategies.xla import XLAStrategy
+
+        return XLAStrategy()
+    return None

@@ -160,7 +160,7 @@ def test_a_strategy_object_wins_over_the_arguments(tmp_path, torchrun_env):
         ({"version": 1}, "FSDP2 only"),
         ({"use_orig_params": "false"}, "FSDP1-only"),
         ({"backward_prefetch": "backward_post"}, "always prefetches"),
-        ({"xla": True}, "XLA FSDP is not implemented"),
+        ({"xla": True}, "XLA FSDP is XLASPMDStrategy's"),
         ({"forward_prefetch": "maybe"}, r"fsdp_config\['forward_prefetch'\] must be true or false"),
     ],
 )

@@ -270,3 +270,19 @@ def test_resume_skips_batches_without_loading_their_samples(tmp_path):
     trainer = Trainer(RegressionModel(), args_for(tmp_path, max_steps=4), train_dataset=Counting(16))
     trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     assert len(Counting.loads) == 2 * 4  # steps 3 and 4 only: the 8 examples of steps 1-2 are never read
+
+
+def test_iterable_dataset_resume_skips_the_consumed_batches(tmp_path):
+    from tests.helpers import StreamDataset
+
+    def train(folder, max_steps, resume=None):
+        model = RegressionModel()
+        args = args_for(folder, max_steps=max_steps, lr_scheduler_type="constant", overwrite_output_dir=True)
+        Trainer(model, args, train_dataset=StreamDataset(RegressionDataset(40))).train(resume_from_checkpoint=resume)
+        return model
+
+    full = train(tmp_path / "full", 6)
+    train(tmp_path / "cut", 4)
+    resumed = train(tmp_path / "cut", 6, resume=str(tmp_path / "cut" / "checkpoint-4"))
+    assert torch.equal(full.a, resumed.a)
+    assert torch.equal(full.b, resumed.b)

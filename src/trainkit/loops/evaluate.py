@@ -191,6 +191,7 @@ class EvaluationLoop:
         tokens = count_label_tokens(inputs, t.label_names)
         main_inputs = self._main_inputs(inputs)
         loss, logits, labels = t.prediction_step(model, inputs, loss_only, ignore_keys=ignore_keys)
+        self.strategy.mark_step()  # a lazy backend (XLA) runs the batch once, before anything is read
         if not valid:  # padding only: the forward ran so every rank joins FSDP's collectives; nothing counts
             logits, labels, main_inputs = (_first_rows(v, 0) for v in (logits, labels, main_inputs))
         acc.observed += valid

@@ -68,11 +68,13 @@ class FitLoop:
 
     def _run_epoch(self, epoch: int, start: int) -> None:
         t = self.trainer
-        set_epoch = getattr(getattr(self.dataloader, "batch_sampler", None), "set_epoch", None)
+        batch_sampler = getattr(self.dataloader, "batch_sampler", None)
+        set_epoch = getattr(batch_sampler, "set_epoch", None)
         if set_epoch is not None:
             set_epoch(epoch)
-        if start:
-            self._skip_batches(start)
+        skip_next = getattr(batch_sampler, "skip_next", None)
+        if start and skip_next is not None:
+            skip_next(start)  # the sampler skips the indices: no sample of those batches is loaded
         generator = getattr(self.dataloader, "generator", None)
         if isinstance(generator, torch.Generator):  # worker seeds depend only on the epoch
             generator.manual_seed(_loader_seed(t.args) + epoch)
@@ -80,6 +82,9 @@ class FitLoop:
         t._past = None
         consumed = start
         batches = iter(self.dataloader)
+        if start and skip_next is None:  # an IterableDataset: its batches must be read to be skipped
+            for _ in range(start):
+                next(batches, None)
         for batches_of_window in iter_windows(batches, self.plan.batches_per_epoch, t.args.gradient_accumulation_steps):
             consumed += len(batches_of_window)
             self._train_window(self._window(batches_of_window), epoch, consumed)
@@ -90,15 +95,6 @@ class FitLoop:
             t.control.should_training_stop = True
         t.control = t.callback_handler.on_epoch_end(t.args, t.state, t.control)
         self._log_save_evaluate(self._last_grad_norm, self._last_learning_rate)
-
-    def _skip_batches(self, start: int) -> None:
-        skip_next = getattr(getattr(self.dataloader, "batch_sampler", None), "skip_next", None)
-        if skip_next is not None:
-            skip_next(start)  # the sampler skips indices: no sample is loaded
-            return
-        iterator = iter(self.dataloader)  # an IterableDataset: the batches must be read to be skipped
-        for _ in range(start):
-            next(iterator, None)
 
     def _window(self, batches: list[Any]) -> Window:
         t = self.trainer
@@ -149,6 +145,7 @@ class FitLoop:
         grad_norm = None
         if self._max_grad_norm:
             grad_norm = strategy.clip_gradients(t.model_wrapped, self.optimizer, self._max_grad_norm)
+        strategy.mark_step()  # a lazy backend (XLA) runs forward/backward here, before the loss is read
         loss_value, loss_finite, step_ok = self._finite_flags(window_loss, grad_norm)
         t.control = handler.on_pre_optimizer_step(args, t.state, t.control)
         if step_ok:

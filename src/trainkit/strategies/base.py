@@ -3,7 +3,7 @@
 A Strategy owns its Precision and its CheckpointIO. The loops talk to the model only through
 these methods, so they never branch on the backend: DDP overrides ``no_backward_sync`` and the
 collectives, FSDP the state-dict methods, DeepSpeed ``backward`` and ``optimizer_step``, XLA the
-device loader. On one process every collective is a no-op.
+device loader and ``mark_step``. On one process every collective is a no-op.
 """
 
 from __future__ import annotations
@@ -190,6 +190,13 @@ class Strategy(ABC):
 
     def zero_grad(self, optimizer: Optimizer, model: nn.Module | None = None) -> None:
         optimizer.zero_grad(set_to_none=True)
+
+    def mark_step(self) -> None:
+        """Run the device work queued so far, before the loop reads a value of it on the host.
+
+        A no-op on eager devices; XLA cuts and executes its lazily traced graph here, so that a
+        host read (the loss, the gradient norm, predictions) does not trace the step twice.
+        """
 
     # -------------------------------------------------------------- collectives
     def all_reduce(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> torch.Tensor:

@@ -25,10 +25,10 @@ FSDP_CONFIG_KEYS: dict[str, str] = {
     "limit_all_gathers": "accepted; FSDP2 bounds in-flight all-gathers by design, there is nothing to switch",
     "use_orig_params": "true accepted (FSDP2 always keeps the original parameters); false is refused",
     "version": "2 (FSDP2); 1 is refused: FSDP1 needs an accelerator and is not supported",
-    "xla": "false accepted; true is refused (XLA FSDP is not implemented)",
-    "xla_fsdp_settings": "refused when set (XLA FSDP is not implemented)",
-    "xla_fsdp_grad_ckpt": "false accepted; true is refused (XLA FSDP is not implemented)",
-    "xla_fsdp_v2": "false accepted; true is refused (XLA FSDP is not implemented)",
+    "xla": "true selects XLA FSDPv2 (XLASPMDStrategy, docs/xla.md) instead of FSDPStrategy; false accepted",
+    "xla_fsdp_settings": "XLA FSDP v1 settings: refused (docs/xla.md)",
+    "xla_fsdp_grad_ckpt": "with xla: checkpoint the layers (docs/xla.md); false accepted",
+    "xla_fsdp_v2": "with xla: SPMD fully-sharded training (docs/xla.md); false accepted",
 }
 
 _SHARDINGS = ("full_shard", "shard_grad_op", "hybrid_shard", "hybrid_shard_zero2", "no_shard")
@@ -60,11 +60,12 @@ def _refuse_unsupported(config: Mapping[str, Any]) -> None:
         raise ValueError(f"fsdp_config['version']={config['version']!r}: trainkit runs FSDP2 only (version 2)")
     if not _flag(config, "use_orig_params", True):
         raise ValueError("fsdp_config['use_orig_params']=false (flat parameters) is FSDP1-only; FSDP2 keeps them")
-    for key in ("xla", "xla_fsdp_grad_ckpt", "xla_fsdp_v2"):
-        if _flag(config, key, False):
-            raise ValueError(f"fsdp_config[{key!r}]=true: XLA FSDP is not implemented in trainkit")
-    if config.get("xla_fsdp_settings"):
-        raise ValueError("fsdp_config['xla_fsdp_settings']: XLA FSDP is not implemented in trainkit")
+    xla = [key for key in ("xla", "xla_fsdp_grad_ckpt", "xla_fsdp_v2", "xla_fsdp_settings") if config.get(key)]
+    if xla:
+        raise ValueError(
+            f"fsdp_config{xla}: XLA FSDP is XLASPMDStrategy's (the factory picks it for fsdp_config['xla']=True); "
+            "FSDPStrategy runs torch's FSDP2"
+        )
     prefetch = config.get("backward_prefetch")
     if prefetch is not None and str(prefetch).lower() != "backward_pre":
         raise ValueError(
