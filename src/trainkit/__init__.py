@@ -45,6 +45,8 @@ _EXPORTS: dict[str, str] = {
     "MixedPrecision": "trainkit.precision",
     "HalfPrecision": "trainkit.precision",
     "SingleDeviceStrategy": "trainkit.strategies",
+    "DDPStrategy": "trainkit.strategies.ddp",
+    "FSDPStrategy": "trainkit.strategies.fsdp",
     "get_last_checkpoint": "trainkit.checkpoint.discovery",
     "XLAStrategy": "trainkit.strategies",
     "XLASPMDStrategy": "trainkit.strategies",
@@ -76,6 +78,8 @@ if TYPE_CHECKING:
     from trainkit.state import TrainerControl, TrainerState
     from trainkit.strategies import SingleDeviceStrategy, XLASPMDStrategy, XLAStrategy
     from trainkit.strategies.base import Strategy
+    from trainkit.strategies.ddp import DDPStrategy
+    from trainkit.strategies.fsdp import FSDPStrategy
     from trainkit.trainer import Trainer
     from trainkit.trainer_utils import EvalPrediction, PredictionOutput, TrainOutput
     from trainkit.utils.seed import enable_full_determinism, set_seed
