@@ -148,14 +148,17 @@ def _lines(process: TrainingProcess) -> Iterator[str]:
         yield line.strip()
 
 
-def run_and_kill(start: Callable[[], TrainingProcess], delay: float | None, timeout: float = 300.0) -> Trial:
-    """Start a process; ``delay`` seconds after its ``READY`` line, SIGKILL it (None: let it finish)."""
+def run_and_kill(
+    start: Callable[[], TrainingProcess], delay: float | None, timeout: float = 300.0, after: str = "READY"
+) -> Trial:
+    """Start a process; ``delay`` seconds after the first line starting with ``after`` (``READY``, or
+    ``SAVING`` to aim at a save whatever the machine's load), SIGKILL it (None: let it finish)."""
     trial = Trial()
     process = start()
     deadline = time.monotonic() + timeout
     for line in _lines(process):
         trial.lines.append(line)
-        if line == "READY" and delay is not None:
+        if line.startswith(after) and delay is not None:
             time.sleep(delay)
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)

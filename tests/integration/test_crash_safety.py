@@ -45,8 +45,13 @@ def _kill_repeatedly(launcher, run_dir: Path, trials: int, seed: int) -> int:
     rng = random.Random(seed)
     start = launcher("--output-dir", run_dir, "--max-steps", 10**6, "--save-total-limit", LIMIT)
     newest, while_saving = None, 0
-    for _ in range(trials):
-        trial = run_and_kill(start, delay=rng.uniform(0.0, KILL_WINDOW_S))
+    for index in range(trials):
+        # every other kill aims at a save (right after its SAVING line), so that the share of kills
+        # landing inside a save does not depend on how loaded the machine is; the others land anywhere
+        if index % 2:
+            trial = run_and_kill(start, delay=rng.uniform(0.0, KILL_WINDOW_S))
+        else:
+            trial = run_and_kill(start, delay=rng.uniform(0.0, 0.02), after="SAVING")
         assert trial.killed, trial.lines[-3:]
         assert trial.resumed_from == newest, "the restart did not resume from the newest complete checkpoint"
         newest = _newest_step(run_dir)
