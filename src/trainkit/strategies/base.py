@@ -20,6 +20,8 @@ from torch import nn
 from torch.optim import Optimizer
 
 from trainkit.checkpoint.io import CheckpointIO
+from trainkit.checkpoint.layout import PART_MODEL, PART_OPTIMIZER
+from trainkit.checkpoint.weights import load_model_state
 from trainkit.precision.base import NULL_CONTEXT, Precision
 
 __all__ = ["ReduceOp", "Strategy"]
@@ -233,6 +235,38 @@ class Strategy(ABC):
 
     def load_optimizer_state_dict(self, optimizer: Optimizer, state: dict[str, Any]) -> None:
         optimizer.load_state_dict(state)
+
+    # -------------------------------------------------------------- checkpoints
+    def checkpoint_parts(
+        self, model: nn.Module, optimizer: Optimizer | None, include_optimizer: bool = True
+    ) -> dict[str, Any]:
+        """The parts of a training checkpoint that hold the model and its optimizer (a collective on sharded
+        strategies): the full weights and ``optimizer.pt`` here; DeepSpeed's engine checkpoint instead."""
+        parts = {PART_MODEL: self.model_state_dict(model)}
+        if include_optimizer and optimizer is not None:
+            parts[PART_OPTIMIZER] = self.optimizer_state_dict(optimizer)
+        return parts
+
+    def resume_parts(self) -> tuple[str, ...]:
+        """The parts a checkpoint must hold for this strategy to resume from it."""
+        return (PART_MODEL, PART_OPTIMIZER)
+
+    def weights_parts(self) -> tuple[str, ...]:
+        """Parts from which this strategy can load the weights alone (``load_best_model_at_end``), preferred first."""
+        return (PART_MODEL,)
+
+    def restore_checkpoint_parts(
+        self, model: nn.Module, optimizer: Optimizer | None, parts: dict[str, Any], source: str = ""
+    ) -> None:
+        """Load what ``checkpoint_parts`` saved: the weights, and the optimizer state unless ``optimizer`` is None."""
+        state = parts[PART_MODEL]
+        try:
+            self.load_model_state_dict(model, state)
+        except RuntimeError:
+            load_model_state(self.unwrap_model(model), state, source=source)  # raises, naming the keys at fault
+            raise
+        if optimizer is not None:
+            self.load_optimizer_state_dict(optimizer, parts[PART_OPTIMIZER])
 
     def save_checkpoint(self, path: Any, state: dict[str, Any]) -> None:
         """Write a checkpoint through the CheckpointIO (from the process that should write)."""
