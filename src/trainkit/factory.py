@@ -157,11 +157,17 @@ _DDP_ONLY = ("ddp_find_unused_parameters", "ddp_bucket_cap_mb", "ddp_broadcast_b
 
 
 def _process_group_kwargs(args: TrainingArguments) -> dict[str, Any]:
-    return {"backend": args.ddp_backend, "timeout": args.ddp_timeout, "use_cpu": args.use_cpu}
+    return {
+        "backend": args.ddp_backend,
+        "timeout": args.ddp_timeout,
+        "use_cpu": args.use_cpu,
+        "save_on_each_node": args.save_on_each_node,
+    }
 
 
 def _fsdp_strategy(args: TrainingArguments, options: list[str], env: Any) -> Strategy:
-    from trainkit.strategies.fsdp import FSDPStrategy
+    from trainkit.checkpoint.sharded_io import ShardedCheckpointIO
+    from trainkit.strategies.fsdp import FSDPStrategy, per_node_checkpoint_problem
     from trainkit.strategies.fsdp_options import fsdp_strategy_kwargs
 
     ddp_set = [name for name in _DDP_ONLY if getattr(args, name) is not None]
@@ -176,7 +182,16 @@ def _fsdp_strategy(args: TrainingArguments, options: list[str], env: Any) -> Str
         )
     config = args.fsdp_config if isinstance(args.fsdp_config, dict) else None  # normalised to a dict by the args
     kwargs = fsdp_strategy_kwargs(options, config, args.gradient_checkpointing)
-    return FSDPStrategy(environment=env, **kwargs, **_process_group_kwargs(args))
+    strategy = FSDPStrategy(
+        environment=env,
+        checkpoint_io=ShardedCheckpointIO(safe_serialization=args.save_safetensors is not False),
+        **kwargs,
+        **_process_group_kwargs(args),
+    )
+    problem = per_node_checkpoint_problem(strategy.sharding, env.num_nodes, args.save_on_each_node)
+    if problem is not None and str(args.save_strategy) != "no":
+        raise ValueError(f"TrainingArguments: {problem}")
+    return strategy
 
 
 def _check_combination(args: TrainingArguments, strategy: Strategy, precision: Precision) -> None:
@@ -190,12 +205,6 @@ def _check_combination(args: TrainingArguments, strategy: Strategy, precision: P
         )
     if precision.name == "apex":
         raise ValueError("TrainingArguments: half_precision_backend='apex' cannot run with fsdp; use 'auto'")
-    if str(args.save_strategy) != "no" or args.save_on_each_node:
-        raise ValueError(
-            f"TrainingArguments: checkpoints with fsdp (save_strategy={str(args.save_strategy)!r}, save_on_each_node="
-            f"{args.save_on_each_node}) arrive with sharded checkpoints (issue 8 phase B); set save_strategy='no' "
-            "meanwhile (trainer.save_model() writes the consolidated model.safetensors on rank 0)"
-        )
 
 
 def build_checkpoint_io(args: TrainingArguments) -> CheckpointIO:
@@ -222,6 +231,8 @@ def build_components(
     """
     if strategy is None:
         strategy = build_strategy(args)
+    else:
+        _fill_save_on_each_node(args, strategy)
     if precision is None:
         precision = _precision_for(args, strategy)
     _check_combination(args, strategy, precision)
@@ -231,6 +242,21 @@ def build_components(
     elif strategy._checkpoint_io is None:
         strategy.checkpoint_io = build_checkpoint_io(args)
     return Components(strategy=strategy, precision=precision, checkpoint_io=strategy.checkpoint_io)
+
+
+def _fill_save_on_each_node(args: TrainingArguments, strategy: Strategy) -> None:
+    """A multi-process strategy passed in writes per node when the arguments say so (they decide who saves)."""
+    from trainkit.strategies.parallel import ParallelStrategy
+
+    if not isinstance(strategy, ParallelStrategy) or strategy.save_on_each_node == args.save_on_each_node:
+        return
+    if args.save_on_each_node:
+        strategy.save_on_each_node = True
+        return
+    raise ValueError(
+        f"The {type(strategy).__name__} passed to the Trainer has save_on_each_node=True, but "
+        "TrainingArguments.save_on_each_node is False: set it in the arguments too (they decide which processes save)"
+    )
 
 
 def _precision_for(args: TrainingArguments, strategy: Strategy) -> Precision:

@@ -10,6 +10,8 @@ from torch.distributed.fsdp import MixedPrecisionPolicy
 
 from tests.helpers import quiet_args
 from trainkit import HalfPrecision, MixedPrecision, Precision, TrainingArguments
+from trainkit.checkpoint import SafetensorsCheckpointIO, TorchCheckpointIO
+from trainkit.checkpoint.sharded_io import ShardedCheckpointIO
 from trainkit.factory import build_components, build_strategy
 from trainkit.strategies.ddp import DDPStrategy
 from trainkit.strategies.environment import ProcessEnvironment
@@ -141,10 +143,53 @@ def test_full_half_evaluation_with_fsdp_is_refused(tmp_path, torchrun_env, flag)
         build_components(args(tmp_path, fsdp="full_shard", **{flag: True}))
 
 
-@pytest.mark.parametrize("saving", [{"save_strategy": "steps"}, {"save_on_each_node": True}])
-def test_checkpoints_with_fsdp_wait_for_sharded_checkpoints(tmp_path, torchrun_env, saving):
-    with pytest.raises(ValueError, match=r"checkpoints with fsdp .* arrive with sharded checkpoints"):
-        build_components(args(tmp_path, fsdp="full_shard", **saving))
+@pytest.mark.parametrize("save_safetensors", [True, False])
+def test_fsdp_checkpoints_are_sharded(tmp_path, torchrun_env, save_safetensors):
+    components = build_components(
+        args(tmp_path, fsdp="full_shard", save_strategy="steps", save_safetensors=save_safetensors)
+    )
+    io = components.checkpoint_io
+    assert isinstance(io, ShardedCheckpointIO)
+    assert io.model_file_name == ("model.safetensors" if save_safetensors else "pytorch_model.bin")
+
+
+def test_fsdp_refuses_a_checkpoint_io_that_cannot_write_shards(tmp_path, torchrun_env):
+    with pytest.raises(ValueError, match="checkpoint_io must be a ShardedCheckpointIO, got SafetensorsCheckpointIO"):
+        build_components(args(tmp_path, fsdp="full_shard"), checkpoint_io=SafetensorsCheckpointIO())
+    with pytest.raises(ValueError, match="must be a ShardedCheckpointIO, got TorchCheckpointIO"):
+        FSDPStrategy(checkpoint_io=TorchCheckpointIO())
+    assert isinstance(FSDPStrategy().checkpoint_io, ShardedCheckpointIO)
+
+
+@pytest.mark.parametrize(
+    ("fsdp", "save_strategy", "refused"),
+    [
+        ("full_shard", "steps", True),
+        ("shard_grad_op", "epoch", True),
+        ("full_shard", "no", False),  # save_model alone: each node's first process gathers the full weights
+        ("hybrid_shard", "steps", False),
+        ("no_shard", "steps", False),
+    ],
+)
+def test_save_on_each_node_needs_a_whole_replica_per_node(tmp_path, monkeypatch, fsdp, save_strategy, refused):
+    for key, value in TWO_NODES.items():
+        monkeypatch.setenv(key, value)
+    arguments = args(tmp_path, fsdp=fsdp, save_on_each_node=True, save_strategy=save_strategy)
+    if refused:
+        with pytest.raises(ValueError, match=r"save_on_each_node=True with fsdp=.* on 2 nodes: each node's ranks hold"):
+            build_strategy(arguments)
+    else:
+        assert build_strategy(arguments).save_on_each_node
+
+
+def test_save_on_each_node_reaches_the_strategy(tmp_path, torchrun_env):
+    assert build_strategy(args(tmp_path, save_on_each_node=True)).save_on_each_node
+    assert not build_strategy(args(tmp_path)).save_on_each_node
+    mine = DDPStrategy()
+    build_components(args(tmp_path, save_on_each_node=True), strategy=mine)
+    assert mine.save_on_each_node  # filled in from the arguments
+    with pytest.raises(ValueError, match=r"has save_on_each_node=True, but TrainingArguments\.save_on_each_node is"):
+        build_components(args(tmp_path), strategy=DDPStrategy(save_on_each_node=True))
 
 
 def test_a_strategy_object_wins_over_the_arguments(tmp_path, torchrun_env):

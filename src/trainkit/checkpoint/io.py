@@ -28,7 +28,7 @@ from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainkit.checkpoint import atomic
 from trainkit.checkpoint.errors import CheckpointError
@@ -44,6 +44,9 @@ from trainkit.checkpoint.manifest import (
     write_manifest,
 )
 from trainkit.checkpoint.staging import StagingFolder
+
+if TYPE_CHECKING:
+    from trainkit.checkpoint.collective import CheckpointGroup
 
 __all__ = ["CheckpointError", "CheckpointIO", "PathLike", "StagedParts"]
 
@@ -70,12 +73,18 @@ class CheckpointIO(ABC):
         self.hash_algorithm = check_hash_algorithm(hash_algorithm)
         self.rank = 0
         self.world_size = 1
+        self.group: CheckpointGroup | None = None
 
     def set_process(self, rank: int, world_size: int) -> None:
         """Which process this IO runs in (per-rank files such as ``rng_state_<rank>.pth``)."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
         self.rank, self.world_size = rank, world_size
+
+    def set_group(self, group: CheckpointGroup | None) -> None:
+        """The processes that write one checkpoint folder together (a job's ranks, or a node's with
+        ``save_on_each_node``), set by multi-process strategies; IOs that write per-rank files use it."""
+        self.group = group
 
     # --------------------------------------------------------------------- save
     def save(self, state: dict[str, Any], path: PathLike) -> None:
@@ -133,8 +142,7 @@ class CheckpointIO(ABC):
             raise CheckpointError(f"{folder} has no part {absent} (it holds: {', '.join(sorted(manifest.parts))})")
         selected = {part: manifest.parts[part] for part in wanted}
         names = [name for files in selected.values() for name in files]
-        with ThreadPoolExecutor(max_workers=min(4, max(1, len(names)))) as pool:
-            list(pool.map(lambda name: verify_file(folder, name, manifest), names))  # hashing releases the GIL
+        self._verify_files(folder, names, manifest)
         return self._load(folder, selected, map_location)
 
     def exists(self, path: PathLike) -> bool:
@@ -162,6 +170,11 @@ class CheckpointIO(ABC):
     @abstractmethod
     def _load(self, folder: Path, parts: dict[str, list[str]], map_location: Any) -> dict[str, Any]:
         """Read the given parts (their files already verified) into a dict of parts."""
+
+    def _verify_files(self, folder: Path, names: list[str], manifest: Manifest) -> None:
+        """Check the size and hash of every file ``load`` is about to read (an IO may share the work out)."""
+        with ThreadPoolExecutor(max_workers=min(4, max(1, len(names)))) as pool:
+            list(pool.map(lambda name: verify_file(folder, name, manifest), names))  # hashing releases the GIL
 
     def _is_complete(self, folder: Path) -> bool:
         """Extra completeness checks of an implementation (the manifest has been checked)."""

@@ -269,9 +269,12 @@ class Strategy(ABC):
             self.load_optimizer_state_dict(optimizer, parts[PART_OPTIMIZER])
 
     def save_checkpoint(self, path: Any, state: dict[str, Any]) -> None:
-        """Write a checkpoint through the CheckpointIO (from the process that should write)."""
-        if self.is_global_zero:
-            self.checkpoint_io.save(state, path)
+        """Write a checkpoint through the CheckpointIO: from every rank when the IO is collective (each writes its
+        own files), else from the coordinator of the IO's group (global rank 0 without one)."""
+        io = self.checkpoint_io
+        coordinator = io.group.is_coordinator if io.group is not None else self.is_global_zero
+        if io.collective or coordinator:
+            io.save(state, path)
         self.barrier("save_checkpoint")
 
     def load_checkpoint(self, path: Any) -> dict[str, Any]:

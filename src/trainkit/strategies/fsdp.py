@@ -15,6 +15,10 @@ FSDP2 as follows (``fsdp_options.py`` reads them from TrainingArguments):
   reduce_dtype=float32)``: parameters are all-gathered in half, gradients reduced in fp32, the
   sharded master weights and the optimizer stay fp32; autocast still runs, so ops it keeps in
   fp32 stay there. Pass ``mixed_precision=`` to choose another policy.
+
+Checkpoints are sharded: every rank writes its shards of the model and optimizer with
+``torch.distributed.checkpoint`` through ``ShardedCheckpointIO`` (``checkpoint_parts`` /
+``restore_checkpoint_parts``); ``model_state_dict`` gathers the full weights for ``save_model``.
 """
 
 from __future__ import annotations
@@ -31,11 +35,21 @@ from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionP
 from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
+from trainkit.checkpoint.io import CheckpointIO
+from trainkit.checkpoint.layout import PART_MODEL, PART_OPTIMIZER
+from trainkit.checkpoint.sharded_io import SavedShards, ShardedCheckpointIO, ShardedStateDict
 from trainkit.precision.base import NULL_CONTEXT
+from trainkit.strategies.fsdp_state import (
+    gather_full_state,
+    load_sharded_model,
+    load_sharded_optimizer,
+    sharded_model_state,
+    sharded_optimizer_state,
+)
 from trainkit.strategies.fsdp_wrap import wrap_targets
 from trainkit.strategies.parallel import ParallelStrategy
 
-__all__ = ["SHARDINGS", "FSDPStrategy"]
+__all__ = ["SHARDINGS", "FSDPStrategy", "per_node_checkpoint_problem"]
 
 # sharding -> reshard_after_forward (None: not meaningful, nothing is sharded)
 SHARDINGS: dict[str, bool | None] = {
@@ -46,10 +60,18 @@ SHARDINGS: dict[str, bool | None] = {
     "no_shard": None,
 }
 _HYBRID = ("hybrid_shard", "hybrid_shard_zero2")
-_NO_CHECKPOINTS = (
-    "FSDPStrategy cannot save or resume checkpoints yet: sharded checkpoints (torch.distributed.checkpoint) arrive "
-    "with issue 8 phase B; train with save_strategy='no' and write the model with trainer.save_model()"
-)
+
+
+def per_node_checkpoint_problem(sharding: str, num_nodes: int, save_on_each_node: bool) -> str | None:
+    """Why each node cannot write a checkpoint of its own (its ranks do not hold a whole replica), or None."""
+    if not save_on_each_node or num_nodes < 2 or sharding in (*_HYBRID, "no_shard"):
+        return None
+    return (
+        f"save_on_each_node=True with fsdp={sharding!r} on {num_nodes} nodes: each node's ranks hold only part of "
+        "every parameter, so the checkpoint a node writes for itself would be incomplete. Use fsdp='hybrid_shard' or "
+        "'hybrid_shard_zero2' (every node holds a whole replica), or save to storage all nodes share without "
+        "save_on_each_node"
+    )
 
 
 class FSDPStrategy(ParallelStrategy):
@@ -91,6 +113,19 @@ class FSDPStrategy(ParallelStrategy):
         self.sync_module_states = sync_module_states
         self.forward_prefetch = forward_prefetch
         self.mixed_precision = mixed_precision
+        self._module: nn.Module | None = None
+        if self._checkpoint_io is None:  # set now, so that the factory does not give it a file IO
+            self._checkpoint_io = self._default_checkpoint_io()
+
+    def _default_checkpoint_io(self) -> CheckpointIO:
+        return ShardedCheckpointIO()
+
+    def _check_checkpoint_io(self, io: CheckpointIO) -> None:
+        if not isinstance(io, ShardedCheckpointIO):
+            raise ValueError(
+                "FSDPStrategy writes sharded checkpoints (each rank its shards, torch.distributed.checkpoint): its "
+                f"checkpoint_io must be a ShardedCheckpointIO, got {type(io).__name__}"
+            )
 
     # -------------------------------------------------------------------- setup
     def setup_environment(self) -> None:
@@ -140,6 +175,7 @@ class FSDPStrategy(ParallelStrategy):
         (``cpu_ram_efficient_loading``); rank 0's weights and buffers are broadcast into the shards.
         """
         if isinstance(model, FSDPModule):
+            self._module = model
             return model
         module = self.precision.convert_module(model)
         full_state = self._rank0_state(module) if self.sync_module_states else None
@@ -153,6 +189,7 @@ class FSDPStrategy(ParallelStrategy):
         if self.forward_prefetch:
             _prefetch_forward(module, targets)
         self._materialize(module, full_state)
+        self._module = module
         return module
 
     def _rank0_state(self, module: nn.Module) -> dict[str, Any]:
@@ -200,12 +237,10 @@ class FSDPStrategy(ParallelStrategy):
 
     # -------------------------------------------------------------------- state
     def model_state_dict(self, model: nn.Module) -> dict[str, Any]:
-        """The full (consolidated) state dict, on the CPU of rank 0; other ranks get ``{}``. Call it on every rank."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        module = self.unwrap_model(model)
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return _retie(module, get_model_state_dict(module, options=options))
+        """The full (consolidated) state dict on the CPU of the saving processes (rank 0, or each node's first with
+        ``save_on_each_node``); ``{}`` on the others. Call it on every rank."""
+        keep = self.is_local_zero if self.save_on_each_node else self.is_global_zero
+        return gather_full_state(self.unwrap_model(model), keep)
 
     def load_model_state_dict(self, model: nn.Module, state: dict[str, Any], strict: bool = True) -> Any:
         """Load a full state dict held by rank 0 into every shard (other ranks may pass ``{}``)."""
@@ -215,16 +250,57 @@ class FSDPStrategy(ParallelStrategy):
         return set_model_state_dict(self.unwrap_model(model), state, options=options)
 
     def optimizer_state_dict(self, optimizer: Optimizer) -> dict[str, Any]:
-        raise NotImplementedError(_NO_CHECKPOINTS)
+        """This rank's shards of the optimizer state, keyed by parameter name. Call it on every rank."""
+        return sharded_optimizer_state(self._sharded_module(), optimizer)
 
-    def load_optimizer_state_dict(self, optimizer: Optimizer, state: dict[str, Any]) -> None:
-        raise NotImplementedError(_NO_CHECKPOINTS)
+    def load_optimizer_state_dict(self, optimizer: Optimizer, state: Any) -> None:
+        """Load ``optimizer_state_dict``'s format, or a checkpoint's ``SavedShards``. Call it on every rank."""
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-    def save_checkpoint(self, path: Any, state: dict[str, Any]) -> None:
-        raise NotImplementedError(_NO_CHECKPOINTS)
+        module = self._sharded_module()
+        if isinstance(state, SavedShards):
+            load_sharded_optimizer(module, optimizer, state)
+            return
+        if any(isinstance(key, int) for key in state.get("state", {})):
+            raise ValueError(
+                "FSDPStrategy: this optimizer state is keyed by parameter index (torch's optimizer.state_dict(), "
+                "e.g. an optimizer.pt written without FSDP); FSDP loads the state it saved, keyed by parameter name"
+            )
+        set_optimizer_state_dict(module, optimizer, state)
 
-    def load_checkpoint(self, path: Any) -> dict[str, Any]:
-        raise NotImplementedError(_NO_CHECKPOINTS)
+    def _sharded_module(self) -> nn.Module:
+        if self._module is None:
+            raise RuntimeError("FSDPStrategy: no module has been sharded yet; call setup_module(model) first")
+        return self._module
+
+    # -------------------------------------------------------------- checkpoints
+    def checkpoint_parts(
+        self, model: nn.Module, optimizer: Optimizer | None, include_optimizer: bool = True
+    ) -> dict[str, Any]:
+        """This rank's shards of the model and optimizer, written by every rank (DCP); with
+        ``include_optimizer=False`` (``save_only_model``) the gathered weights, one ``model.safetensors``."""
+        problem = per_node_checkpoint_problem(self.sharding, self.environment.num_nodes, self.save_on_each_node)
+        if problem is not None:
+            raise ValueError(problem)
+        if not include_optimizer:
+            return {PART_MODEL: self.model_state_dict(model)}
+        parts: dict[str, Any] = {PART_MODEL: ShardedStateDict(sharded_model_state(self.unwrap_model(model)))}
+        if optimizer is not None:
+            parts[PART_OPTIMIZER] = ShardedStateDict(self.optimizer_state_dict(optimizer))
+        return parts
+
+    def restore_checkpoint_parts(
+        self, model: nn.Module, optimizer: Optimizer | None, parts: dict[str, Any], source: str = ""
+    ) -> None:
+        """Load the shards ``checkpoint_parts`` saved (or gathered weights) into the live model, and the optimizer's
+        unless it is None; DCP reshards when the checkpoint was written by another number of ranks."""
+        weights = parts[PART_MODEL]
+        if isinstance(weights, SavedShards):
+            load_sharded_model(self.unwrap_model(model), weights)
+        else:
+            super().restore_checkpoint_parts(model, None, parts, source)
+        if optimizer is not None:
+            self.load_optimizer_state_dict(optimizer, parts[PART_OPTIMIZER])
 
     def __repr__(self) -> str:
         return (
@@ -248,16 +324,6 @@ def _reshard(sharding: str, explicit: bool, reshard_after_forward: bool | int | 
             f"reshard_after_forward={reshard_after_forward}: remove one of them"
         )
     return reshard_after_forward
-
-
-def _retie(module: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
-    """Tied parameters share one tensor again in the gathered state dict (saved once, as transformers does)."""
-    first: dict[int, str] = {}
-    for name, param in module.named_parameters(remove_duplicate=False):
-        owner = first.setdefault(id(param), name)
-        if owner != name and owner in state and name in state:
-            state[name] = state[owner]
-    return state
 
 
 @contextlib.contextmanager

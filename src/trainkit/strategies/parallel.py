@@ -5,6 +5,11 @@ environment (``ProcessEnvironment``); ``setup_environment`` starts the process g
 the CPU, nccl on CUDA unless ``backend`` says otherwise) with ``timeout``, so a rank that dies
 or hangs makes the others fail within that time instead of waiting forever. Every collective
 takes any tensor (host or device) and returns the result on this rank's device.
+
+Once the group runs, the strategy connects its CheckpointIO: the IO learns this rank and the
+ranks that write one checkpoint folder together (every rank, or this node's with
+``save_on_each_node``), so every rank writes its own files (``rng_state_<rank>.pth``, its shards)
+through the IO's staging protocol.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from trainkit.checkpoint.collective import CheckpointGroup, ProcessGroupCheckpointGroup
 from trainkit.checkpoint.io import CheckpointIO
 from trainkit.precision.base import Precision
 from trainkit.strategies.base import ReduceOp, Strategy
@@ -102,11 +108,16 @@ class ParallelStrategy(Strategy):
         backend: str | None = None,
         timeout: float | datetime.timedelta | None = 1800,
         use_cpu: bool = False,
+        save_on_each_node: bool = False,
         environment: ProcessEnvironment | None = None,
         precision: Precision | None = None,
         checkpoint_io: CheckpointIO | None = None,
     ) -> None:
+        if checkpoint_io is not None:
+            self._check_checkpoint_io(checkpoint_io)
         super().__init__(precision=precision, checkpoint_io=checkpoint_io)
+        self.save_on_each_node = save_on_each_node
+        self._checkpoint_group: CheckpointGroup | None = None
         self.environment = environment if environment is not None else ProcessEnvironment.from_environ()
         self._device = process_device(self.environment.local_rank, use_cpu)
         self.backend = backend or default_backend(self._device)
@@ -116,6 +127,47 @@ class ParallelStrategy(Strategy):
             )
         self.timeout = _timeout(timeout)
         self._owns_group = False
+
+    # --------------------------------------------------------------- components
+    @property
+    def checkpoint_io(self) -> CheckpointIO:
+        if self._checkpoint_io is None:
+            self._checkpoint_io = self._default_checkpoint_io()
+        return self._checkpoint_io
+
+    @checkpoint_io.setter
+    def checkpoint_io(self, io: CheckpointIO) -> None:
+        self._check_checkpoint_io(io)
+        self._checkpoint_io = io
+        if self._checkpoint_group is not None:  # already running: connect it now
+            self._connect_checkpoint_io()
+
+    def _default_checkpoint_io(self) -> CheckpointIO:
+        from trainkit.checkpoint.safetensors_io import SafetensorsCheckpointIO
+
+        return SafetensorsCheckpointIO()
+
+    def _check_checkpoint_io(self, io: CheckpointIO) -> None:
+        """Refuse an IO this strategy cannot write its checkpoints with (FSDP needs sharded ones)."""
+
+    def checkpoint_group(self) -> CheckpointGroup:
+        """The ranks that write one checkpoint folder together: all of them, or this node's with ``save_on_each_node``.
+
+        Built on first use, a collective the first time (per-node groups are created by every rank).
+        """
+        if self._checkpoint_group is None:
+            process_group = None
+            if self.save_on_each_node and self.environment.num_nodes > 1:
+                size = self.environment.local_world_size
+                nodes = [list(range(node * size, (node + 1) * size)) for node in range(self.environment.num_nodes)]
+                process_group, _ = dist.new_subgroups_by_enumeration(nodes)
+            self._checkpoint_group = ProcessGroupCheckpointGroup(process_group)
+        return self._checkpoint_group
+
+    def _connect_checkpoint_io(self) -> None:
+        io = self.checkpoint_io
+        io.set_process(self.global_rank, self.world_size)
+        io.set_group(self.checkpoint_group())
 
     # ----------------------------------------------------------------- topology
     @property
@@ -148,6 +200,7 @@ class ParallelStrategy(Strategy):
         if self._device.type == "cuda":
             torch.cuda.set_device(self._device)
         self._start_process_group()
+        self._connect_checkpoint_io()
         super().setup_environment()
 
     def _start_process_group(self) -> None:
@@ -173,6 +226,9 @@ class ParallelStrategy(Strategy):
         if self._owns_group and dist.is_initialized():
             self.barrier("teardown")
             dist.destroy_process_group()
+            if self._checkpoint_io is not None:
+                self._checkpoint_io.set_group(None)
+            self._checkpoint_group = None
         self._owns_group = False
 
     # -------------------------------------------------------------- collectives

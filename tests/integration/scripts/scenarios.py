@@ -142,6 +142,8 @@ def run_scenario(spec: dict[str, Any], output: str | Path) -> dict[str, Any]:
         preprocess_logits_for_metrics=preprocess,
         callbacks=callbacks,
     )
+    if spec.get("per_rank_seed") is not None:  # each rank draws its own dropout masks (the Trainer seeds all alike)
+        torch.manual_seed(spec["per_rank_seed"] + trainer.strategy.global_rank)
     result: dict[str, Any] = {}
     if spec["task"] == "train":
         result["train_metrics"] = trainer.train(resume_from_checkpoint=bool(spec.get("resume_from"))).metrics
