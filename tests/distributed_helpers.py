@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainkit.checkpoint.collective import CheckpointGroup
 from trainkit.strategies.single_device import SingleDeviceStrategy
 
 _REDUCE = {
@@ -42,6 +43,30 @@ class ThreadGroup:
         values = list(self._slots)
         self._barrier.wait()
         return values
+
+
+class ThreadCheckpointGroup(CheckpointGroup):
+    """Rank ``rank`` of a ThreadGroup as the ranks writing one checkpoint folder."""
+
+    def __init__(self, group: ThreadGroup, rank: int) -> None:
+        self.group, self.rank, self.size = group, rank, group.world_size
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        return self.group.exchange(self.rank, obj)
+
+
+def run_threads(world_size: int, work: Callable[[int, ThreadGroup], Any]) -> list[Any]:
+    """``work(rank, group)`` on every rank of a new ThreadGroup; each rank's result or the exception it raised."""
+    group = ThreadGroup(world_size)
+
+    def outcome(rank: int) -> Any:
+        try:
+            return work(rank, group)
+        except Exception as err:  # returned, so the test can check every rank's error
+            return err
+
+    with ThreadPoolExecutor(world_size) as pool:
+        return list(pool.map(outcome, range(world_size)))
 
 
 class ThreadRankStrategy(SingleDeviceStrategy):

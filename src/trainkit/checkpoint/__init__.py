@@ -18,6 +18,8 @@ _EXPORTS: dict[str, str] = {
     "list_complete_checkpoints": "trainkit.checkpoint.discovery",
     "CheckpointManager": "trainkit.checkpoint.manager",
     "SafetensorsCheckpointIO": "trainkit.checkpoint.safetensors_io",
+    "ShardedCheckpointIO": "trainkit.checkpoint.sharded_io",
+    "consolidate_checkpoint": "trainkit.checkpoint.consolidate",
     "TorchCheckpointIO": "trainkit.checkpoint.torch_io",
     "capture_rng_state": "trainkit.checkpoint.rng",
     "restore_rng_state": "trainkit.checkpoint.rng",
@@ -32,8 +34,10 @@ __all__ = [
     "CheckpointIO",
     "CheckpointManager",
     "SafetensorsCheckpointIO",
+    "ShardedCheckpointIO",
     "TorchCheckpointIO",
     "capture_rng_state",
+    "consolidate_checkpoint",
     "get_last_checkpoint",
     "list_checkpoints",
     "list_complete_checkpoints",
@@ -44,6 +48,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from trainkit.checkpoint.consolidate import consolidate_checkpoint
     from trainkit.checkpoint.discovery import (
         CheckpointEntry,
         get_last_checkpoint,
@@ -54,6 +59,7 @@ if TYPE_CHECKING:
     from trainkit.checkpoint.rng import capture_rng_state, restore_rng_state
     from trainkit.checkpoint.rotation import select_checkpoints_to_delete
     from trainkit.checkpoint.safetensors_io import SafetensorsCheckpointIO
+    from trainkit.checkpoint.sharded_io import ShardedCheckpointIO
     from trainkit.checkpoint.torch_io import TorchCheckpointIO
     from trainkit.checkpoint.weights import load_model_state, save_weights_file
 

@@ -89,17 +89,9 @@ class FileCheckpointIO(CheckpointIO):
                 shutil.rmtree(staging, ignore_errors=True)  # the previous checkpoints are untouched
 
         on_every_rank(group, what, prepare, remove_staging)
-        staged = on_every_rank(group, what, lambda: self._write_own_parts(state, staging, group), remove_staging)
+        on_every_rank(group, what, lambda: _check_visible(staging, group), remove_staging)
+        staged = on_every_rank(group, what, lambda: self.write_parts(state, staging), remove_staging)
         on_every_rank(group, what, lambda: self._commit_if_coordinator(staging, target, staged), remove_staging)
-
-    def _write_own_parts(self, state: dict[str, Any], staging: Path, group: CheckpointGroup) -> Any:
-        if not staging.is_dir():
-            raise CheckpointError(
-                f"{staging}, which the coordinator of this checkpoint created, is not visible to {group.describe()}: "
-                "every rank writes its own files into the checkpoint, so output_dir must be on storage that these "
-                "processes share (with storage local to each node, set save_on_each_node=True)"
-            )
-        return self.write_parts(state, staging)
 
     def _commit_if_coordinator(self, staging: Path, target: Path, staged: list[Any]) -> None:
         if self.group is not None and self.group.is_coordinator:
@@ -173,6 +165,16 @@ class FileCheckpointIO(CheckpointIO):
             self.world_size,
         )
         return None
+
+
+def _check_visible(staging: Path, group: CheckpointGroup) -> None:
+    """Every rank must see the staging folder before any writes (a rank that does not would fail alone)."""
+    if not staging.is_dir():
+        raise CheckpointError(
+            f"{staging}, which the coordinator of this checkpoint created, is not visible to {group.describe()}: "
+            "every rank writes its own files into the checkpoint, so output_dir must be on storage that these "
+            "processes share (with storage local to each node, set save_on_each_node=True)"
+        )
 
 
 def _read_file(file: Path, map_location: Any) -> Any:

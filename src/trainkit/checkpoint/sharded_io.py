@@ -23,6 +23,7 @@ classes and weights-only values (``safe_dcp.py``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,22 @@ from trainkit.checkpoint.errors import CheckpointError
 from trainkit.checkpoint.file_io import FileCheckpointIO
 from trainkit.checkpoint.layout import MODEL_SAFETENSORS_NAME, MODEL_TORCH_NAME, PART_MODEL, PART_OPTIMIZER
 from trainkit.checkpoint.manifest import DEFAULT_HASH, Manifest
-from trainkit.checkpoint.safe_dcp import METADATA_NAME, load_sharded, save_sharded
+from trainkit.checkpoint.safe_dcp import METADATA_NAME, check_sharded_values, load_sharded, save_sharded
 from trainkit.checkpoint.serialization import save_torch
 from trainkit.checkpoint.staging import StagingFolder
 from trainkit.checkpoint.weights import save_state_dict_file
 
-__all__ = ["SHARDED_FOLDERS", "SavedShards", "ShardedCheckpointIO", "ShardedStateDict", "sharded_folder_name"]
+__all__ = [
+    "SHARDED_FOLDERS",
+    "TIED_KEY",
+    "SavedShards",
+    "ShardedCheckpointIO",
+    "ShardedStateDict",
+    "sharded_folder_name",
+]
 
+# Beside a part's shards in its DCP folder: the names of tied parameters left out ({name: name kept}).
+TIED_KEY = "tied_parameters"
 # accelerate's names (FSDP_MODEL_NAME + "_0", OPTIMIZER_NAME + "_0"); other sharded parts: "<part>_sharded".
 SHARDED_FOLDERS: dict[str, str] = {PART_MODEL: "pytorch_model_fsdp_0", PART_OPTIMIZER: "optimizer_0"}
 
@@ -51,9 +61,14 @@ def sharded_folder_name(part: str) -> str:
 
 @dataclass
 class ShardedStateDict:
-    """A state dict holding this rank's shards (DTensors), written by every rank with DCP."""
+    """A state dict holding this rank's shards (DTensors), written by every rank with DCP.
+
+    ``tied`` names parameters left out because they are another parameter (``{name: name kept}``);
+    it is saved beside the shards (``tied_parameters``) so that a consolidation can restore them.
+    """
 
     state_dict: dict[str, Any]
+    tied: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -83,15 +98,20 @@ class ShardedCheckpointIO(FileCheckpointIO):
     # --------------------------------------------------------------------- save
     def _save(self, state: dict[str, Any], staging: StagingFolder) -> dict[str, list[str]]:
         sharded = sorted(part for part, value in state.items() if isinstance(value, ShardedStateDict))
-        written = {part: self._save_shards(part, state[part].state_dict, staging) for part in sharded}
+        written = {part: self._save_shards(part, state[part], staging) for part in sharded}
         written.update(super()._save({part: v for part, v in state.items() if part not in sharded}, staging))
         return written
 
-    def _save_shards(self, part: str, state_dict: dict[str, Any], staging: StagingFolder) -> list[str]:
+    def _save_shards(self, part: str, value: ShardedStateDict, staging: StagingFolder) -> list[str]:
         """Every rank writes its shards of ``part`` (DCP, a collective); return the files this rank wrote."""
         name = sharded_folder_name(part)
         folder = staging.file(name)
-        save_sharded({part: state_dict}, folder, self._process_group())
+        content: dict[str, Any] = {part: value.state_dict}
+        if value.tied:
+            content[TIED_KEY] = dict(value.tied)
+        # DCP is a collective: a rank that failed before it would leave the others waiting in it
+        self._on_every_rank(f"checking the sharded part {part!r}", lambda: check_sharded_values(content, part))
+        save_sharded(content, folder, self._process_group())  # DCP reports a failure inside it to every rank
         fsync_dir(folder)
         rank = self.group.rank if self.group is not None else 0
         mine = sorted(file.name for file in folder.iterdir() if file.name.startswith(f"__{rank}_"))
@@ -101,6 +121,12 @@ class ShardedCheckpointIO(FileCheckpointIO):
         for file in names:
             staging.written(file)
         return names
+
+    def _on_every_rank(self, what: str, work: Callable[[], None]) -> None:
+        if self.group is None or self.group.size == 1:
+            work()
+        else:
+            on_every_rank(self.group, what, work, lambda: None)
 
     def _process_group(self) -> Any:
         """The group DCP coordinates over: this IO's checkpoint group (refused when a multi-process job gave none)."""
@@ -132,11 +158,8 @@ class ShardedCheckpointIO(FileCheckpointIO):
             super()._verify_files(folder, names, manifest)
             return
         share = sorted(names)[group.rank :: group.size]
-
-        def verify_share() -> None:
-            FileCheckpointIO._verify_files(self, folder, share, manifest)
-
-        on_every_rank(group, f"verifying {folder}", verify_share, lambda: None)
+        verify = super()._verify_files  # every file it is given
+        self._on_every_rank(f"verifying {folder}", lambda: verify(folder, share, manifest))
 
     def _load(self, folder: Path, parts: dict[str, list[str]], map_location: Any) -> dict[str, Any]:
         sharded = {part: files for part, files in parts.items() if _index_file(files) is not None}

@@ -45,6 +45,7 @@ from trainkit.strategies.fsdp_state import (
     load_sharded_optimizer,
     sharded_model_state,
     sharded_optimizer_state,
+    tied_aliases,
 )
 from trainkit.strategies.fsdp_wrap import wrap_targets
 from trainkit.strategies.parallel import ParallelStrategy
@@ -284,7 +285,8 @@ class FSDPStrategy(ParallelStrategy):
             raise ValueError(problem)
         if not include_optimizer:
             return {PART_MODEL: self.model_state_dict(model)}
-        parts: dict[str, Any] = {PART_MODEL: ShardedStateDict(sharded_model_state(self.unwrap_model(model)))}
+        module = self.unwrap_model(model)
+        parts: dict[str, Any] = {PART_MODEL: ShardedStateDict(sharded_model_state(module), tied_aliases(module))}
         if optimizer is not None:
             parts[PART_OPTIMIZER] = ShardedStateDict(self.optimizer_state_dict(optimizer))
         return parts

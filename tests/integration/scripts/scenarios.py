@@ -94,6 +94,20 @@ class FailAt(TrainerCallback):
             raise RuntimeError(f"injected failure on rank {self.rank} at step {self.step}")
 
 
+def _failing_io(rank: int, step: int) -> Any:
+    """A ShardedCheckpointIO whose write fails on one rank, after its shards, when it saves ``checkpoint-<step>``."""
+    from trainkit.checkpoint.sharded_io import ShardedCheckpointIO
+
+    class FailingIO(ShardedCheckpointIO):
+        def _save(self, state: dict[str, Any], staging: Any) -> dict[str, list[str]]:
+            written = super()._save(state, staging)  # its shards, then its RNG file
+            if self.rank == rank and staging.path.name == f".checkpoint-{step}.staging":
+                raise OSError(f"disk full (injected on rank {rank})")
+            return written
+
+    return FailingIO()
+
+
 def _check_main_process_first(args: TrainingArguments, folder: Path) -> bool | None:
     """Whether the main process's block ran first (None on the main process itself)."""
     marker = folder / "main_first.marker"
@@ -105,11 +119,11 @@ def _check_main_process_first(args: TrainingArguments, folder: Path) -> bool | N
         return marker.exists()
 
 
-def _copy_checkpoints(args: TrainingArguments, source: Path, folder: Path, step: int) -> None:
+def _copy_checkpoints(args: TrainingArguments, source: Path, folder: Path, step: int, per_node: bool) -> None:
     import shutil
 
     with args.main_process_first(desc="copying checkpoints"):
-        if args.process_index == 0:
+        if (args.local_process_index if per_node else args.process_index) == 0:
             for checkpoint in source.glob("checkpoint-*"):
                 if int(checkpoint.name.split("-")[1]) <= step:
                     shutil.copytree(checkpoint, folder / checkpoint.name)
@@ -117,14 +131,14 @@ def _copy_checkpoints(args: TrainingArguments, source: Path, folder: Path, step:
 
 def run_scenario(spec: dict[str, Any], output: str | Path) -> dict[str, Any]:
     """Run one scenario; returns what rank 0 saves (and the per-rank facts under "rank" and its trainer)."""
-    folder = Path(output) / spec["name"]
-    if spec.get("per_node_output"):  # several "nodes" on one machine: give each its own output_dir
-        folder = folder / f"node{os.environ.get('GROUP_RANK', 0)}"
+    node = f"node{os.environ.get('GROUP_RANK', 0)}" if spec.get("per_node_output") else ""
+    folder = Path(output) / spec["name"] / node  # several "nodes" on one machine: each its own output_dir
     folder.mkdir(parents=True, exist_ok=True)
     args = TrainingArguments(output_dir=str(folder), **spec["args"])
     main_first = _check_main_process_first(args, folder) if spec.get("main_process_first") else None
     if spec.get("resume_from"):  # a copy of another run's checkpoints, cut back to the one to resume from
-        _copy_checkpoints(args, Path(output) / spec["resume_from"]["name"], folder, spec["resume_from"]["step"])
+        source = Path(output) / spec["resume_from"]["name"] / node
+        _copy_checkpoints(args, source, folder, spec["resume_from"]["step"], bool(node))
     model = MODELS[spec.get("model", "token")](dropout=spec.get("dropout", 0.0))
     other_ranks = spec.get("other_ranks") if int(os.environ.get("RANK", 0)) != 0 else None
     if other_ranks == "meta":  # what cpu_ram_efficient_loading allows: no weights outside rank 0
@@ -141,6 +155,7 @@ def run_scenario(spec: dict[str, Any], output: str | Path) -> dict[str, Any]:
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=preprocess,
         callbacks=callbacks,
+        checkpoint_io=_failing_io(**spec["fail_save"]) if spec.get("fail_save") else None,
     )
     if spec.get("per_rank_seed") is not None:  # each rank draws its own dropout masks (the Trainer seeds all alike)
         torch.manual_seed(spec["per_rank_seed"] + trainer.strategy.global_rank)
