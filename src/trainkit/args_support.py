@@ -95,7 +95,12 @@ FIELD_SUPPORT: dict[str, FieldSupport] = {
     "save_steps": _s(5, "Int, or a float in (0, 1) as a ratio of total steps."),
     "save_total_limit": _s(7, "Rotation that never deletes the latest or the best checkpoint."),
     "save_safetensors": _s(7, "False saves torch pickles (loaded with weights_only=True)."),
-    "save_on_each_node": _s(7, "Each node's local main process writes checkpoints and save_model (not with fsdp yet)."),
+    "save_on_each_node": _s(
+        7,
+        "Each node's local main process writes checkpoints and save_model into the node's own storage, every rank "
+        "of the node its RNG state (and FSDP shards) into that checkpoint. fsdp on several nodes needs "
+        "hybrid_shard(_zero2) or no_shard, so that a node holds a whole replica.",
+    ),
     "save_only_model": _s(7, "Checkpoints without optimizer, scheduler or RNG state (cannot resume)."),
     "restore_callback_states_from_checkpoint": _s(7, "Stateful callbacks are restored on resume."),
     "no_cuda": _alias("Deprecated name of use_cpu."),
@@ -141,16 +146,18 @@ FIELD_SUPPORT: dict[str, FieldSupport] = {
     "fsdp": _s(
         8,
         "FSDP2 (fully_shard) under torchrun: full_shard, shard_grad_op, hybrid_shard(_zero2) (needs several nodes), "
-        "no_shard, offload (CPUOffloadPolicy), auto_wrap. Sharded checkpoints arrive in issue 8 phase B: until then "
-        "fsdp needs save_strategy='no' (save_model writes the consolidated weights). 'full_shard' (and 'auto_wrap') "
-        "with fsdp_config['xla'] select XLA FSDPv2 instead. See docs/distributed.md and docs/xla.md.",
+        "no_shard, offload (CPUOffloadPolicy), auto_wrap. Checkpoints are sharded: every rank writes its shards "
+        "(torch.distributed.checkpoint, accelerate's layout; python -m trainkit.checkpoint.consolidate merges them); "
+        "save_model and save_only_model write the consolidated weights. 'full_shard' (and 'auto_wrap') with "
+        "fsdp_config['xla'] select XLA FSDPv2 instead. See docs/distributed.md and docs/xla.md.",
     ),
     "fsdp_min_num_params": _alias("Deprecated: copied into fsdp_config['min_num_params']."),
     "fsdp_config": _s(
         8,
         "Every transformers key mapped to FSDP2 or refused with the reason; unknown keys are refused. 'xla' + "
         "'xla_fsdp_v2' select XLA SPMD fully-sharded training (docs/xla.md), 'xla_fsdp_grad_ckpt' checkpoints the "
-        "layers named by 'transformer_layer_cls_to_wrap'; XLA FSDP v1 ('xla' alone, 'xla_fsdp_settings') is refused.",
+        "layers named by 'transformer_layer_cls_to_wrap'; XLA FSDP v1 ('xla' alone, 'xla_fsdp_settings') is refused. "
+        "Checkpoints are always sharded (accelerate's SHARDED_STATE_DICT); there is no state-dict-type key.",
     ),
     "fsdp_transformer_layer_cls_to_wrap": _alias("Deprecated: copied into fsdp_config."),
     "accelerator_config": _no(

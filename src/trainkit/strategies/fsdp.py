@@ -251,23 +251,13 @@ class FSDPStrategy(ParallelStrategy):
         return set_model_state_dict(self.unwrap_model(model), state, options=options)
 
     def optimizer_state_dict(self, optimizer: Optimizer) -> dict[str, Any]:
-        """This rank's shards of the optimizer state, keyed by parameter name. Call it on every rank."""
+        """This rank's shards of the optimizer state of the module last set up, keyed by parameter name (every
+        rank calls it)."""
         return sharded_optimizer_state(self._sharded_module(), optimizer)
 
     def load_optimizer_state_dict(self, optimizer: Optimizer, state: Any) -> None:
-        """Load ``optimizer_state_dict``'s format, or a checkpoint's ``SavedShards``. Call it on every rank."""
-        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-
-        module = self._sharded_module()
-        if isinstance(state, SavedShards):
-            load_sharded_optimizer(module, optimizer, state)
-            return
-        if any(isinstance(key, int) for key in state.get("state", {})):
-            raise ValueError(
-                "FSDPStrategy: this optimizer state is keyed by parameter index (torch's optimizer.state_dict(), "
-                "e.g. an optimizer.pt written without FSDP); FSDP loads the state it saved, keyed by parameter name"
-            )
-        set_optimizer_state_dict(module, optimizer, state)
+        """Load ``optimizer_state_dict``'s format, or a checkpoint's ``SavedShards`` (every rank calls it)."""
+        _load_optimizer(self._sharded_module(), optimizer, state)
 
     def _sharded_module(self) -> nn.Module:
         if self._module is None:
@@ -288,7 +278,7 @@ class FSDPStrategy(ParallelStrategy):
         module = self.unwrap_model(model)
         parts: dict[str, Any] = {PART_MODEL: ShardedStateDict(sharded_model_state(module), tied_aliases(module))}
         if optimizer is not None:
-            parts[PART_OPTIMIZER] = ShardedStateDict(self.optimizer_state_dict(optimizer))
+            parts[PART_OPTIMIZER] = ShardedStateDict(sharded_optimizer_state(module, optimizer))
         return parts
 
     def restore_checkpoint_parts(
@@ -296,13 +286,14 @@ class FSDPStrategy(ParallelStrategy):
     ) -> None:
         """Load the shards ``checkpoint_parts`` saved (or gathered weights) into the live model, and the optimizer's
         unless it is None; DCP reshards when the checkpoint was written by another number of ranks."""
+        module = self.unwrap_model(model)
         weights = parts[PART_MODEL]
         if isinstance(weights, SavedShards):
-            load_sharded_model(self.unwrap_model(model), weights)
+            load_sharded_model(module, weights)
         else:
             super().restore_checkpoint_parts(model, None, parts, source)
         if optimizer is not None:
-            self.load_optimizer_state_dict(optimizer, parts[PART_OPTIMIZER])
+            _load_optimizer(module, optimizer, parts[PART_OPTIMIZER])
 
     def __repr__(self) -> str:
         return (
@@ -326,6 +317,20 @@ def _reshard(sharding: str, explicit: bool, reshard_after_forward: bool | int | 
             f"reshard_after_forward={reshard_after_forward}: remove one of them"
         )
     return reshard_after_forward
+
+
+def _load_optimizer(module: nn.Module, optimizer: Optimizer, state: Any) -> None:
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    if isinstance(state, SavedShards):
+        load_sharded_optimizer(module, optimizer, state)
+        return
+    if any(isinstance(key, int) for key in state.get("state", {})):
+        raise ValueError(
+            "FSDPStrategy: this optimizer state is keyed by parameter index (torch's optimizer.state_dict(), e.g. an "
+            "optimizer.pt written without FSDP); FSDP loads the state it saved, keyed by parameter name"
+        )
+    set_optimizer_state_dict(module, optimizer, state)
 
 
 @contextlib.contextmanager
