@@ -94,6 +94,25 @@ class FailAt(TrainerCallback):
             raise RuntimeError(f"injected failure on rank {self.rank} at step {self.step}")
 
 
+class NanLossAt(TrainerCallback):
+    """Make one rank's loss NaN during one optimizer step (the whole window): every rank must skip that step."""
+
+    def __init__(self, model: Any, rank: int, step: int) -> None:
+        self.rank, self.step, self.active = rank, step, False
+        model.register_forward_hook(self._poison)
+
+    def _poison(self, module: Any, inputs: Any, output: Any) -> Any:
+        if self.active and isinstance(output, dict) and "loss" in output:
+            return {**output, "loss": output["loss"] * float("nan")}
+        return output
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.active = state.global_step + 1 == self.step and int(os.environ.get("RANK", 0)) == self.rank
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.active = False
+
+
 def _check_main_process_first(args: TrainingArguments, folder: Path) -> bool | None:
     """Whether the main process's block ran first (None on the main process itself)."""
     marker = folder / "main_first.marker"
@@ -112,6 +131,8 @@ def run_scenario(spec: dict[str, Any], output: str | Path) -> dict[str, Any]:
         folder = folder / f"node{os.environ.get('GROUP_RANK', 0)}"
     folder.mkdir(parents=True, exist_ok=True)
     args = TrainingArguments(output_dir=str(folder), **spec["args"])
+    if spec.get("deepspeed") is not None:  # set after construction: the field is refused until issue 9 is merged
+        args.deepspeed = spec["deepspeed"]
     main_first = _check_main_process_first(args, folder) if spec.get("main_process_first") else None
     model = MODELS[spec.get("model", "token")]()
     other_ranks = spec.get("other_ranks") if int(os.environ.get("RANK", 0)) != 0 else None
@@ -120,7 +141,9 @@ def run_scenario(spec: dict[str, Any], output: str | Path) -> dict[str, Any]:
     elif other_ranks == "different_weights":
         model = MODELS[spec.get("model", "token")](seed=1)
     compute_metrics, preprocess = _metrics(spec.get("metrics"))
-    callbacks = [FailAt(**spec["fail"])] if spec.get("fail") else []
+    callbacks: list[Any] = [FailAt(**spec["fail"])] if spec.get("fail") else []
+    if spec.get("nan_loss"):
+        callbacks.append(NanLossAt(model, **spec["nan_loss"]))
     trainer = Trainer(
         model,
         args,
@@ -132,7 +155,8 @@ def run_scenario(spec: dict[str, Any], output: str | Path) -> dict[str, Any]:
     )
     result: dict[str, Any] = {}
     if spec["task"] == "train":
-        result["train_metrics"] = trainer.train().metrics
+        resume = spec.get("resume_from")  # a checkpoint folder, relative to the output folder
+        result["train_metrics"] = trainer.train(str(Path(output) / resume) if resume else None).metrics
         result["log_history"] = trainer.state.log_history
         result["state"] = trainer.strategy.model_state_dict(trainer.model_wrapped)
         if spec.get("save_model"):
@@ -156,6 +180,11 @@ def run_scenario(spec: dict[str, Any], output: str | Path) -> dict[str, Any]:
         "main_first": main_first,
         "fsdp_units": sum(type(m).__name__.startswith("FSDP") for m in trainer.model.modules()),
         "scaler": type(getattr(trainer.precision, "scaler", None)).__name__,
+        "precision": trainer.precision.name,
+        "optimizer": type(trainer.optimizer).__name__,
+        "scheduler": type(trainer.lr_scheduler).__name__,
+        "best_model_checkpoint": trainer.state.best_model_checkpoint,
+        "checkpoints": sorted(p.name for p in folder.glob("checkpoint-*")),
     }
     return result
 
