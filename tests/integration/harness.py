@@ -59,6 +59,15 @@ def torchrun(script: str, *args: str, nproc: int = 2, timeout: float = 120, env:
     return _run(command, timeout, env)
 
 
+def deepspeed_launcher(
+    script: str, *args: str, nproc: int = 2, timeout: float = 120, env: dict[str, str] | None = None
+) -> Job:
+    """Run ``tests/integration/scripts/<script>`` under DeepSpeed's own launcher (``deepspeed --num_gpus N``)."""
+    launcher = Path(sys.executable).with_name("deepspeed")
+    command = [str(launcher), f"--num_gpus={nproc}", f"--master_port={free_port()}", str(SCRIPTS / script), *args]
+    return _run(command, timeout, env)
+
+
 def _run(command: list[str], timeout: float, env: dict[str, str] | None) -> Job:
     start = time.monotonic()
     environment = {**job_env(), **(env or {})}

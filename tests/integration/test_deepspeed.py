@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.helpers import TokenModel
-from tests.integration.harness import run_spec, shared_job_folder
+from tests.integration.harness import deepspeed_launcher, run_spec, shared_job_folder
 from tests.integration.scripts.scenarios import run_scenario
 from tests.integration.test_ddp_training import TRAIN_ARGS, _max_diff
 
@@ -189,3 +189,26 @@ def test_zero3_offload_resumes_exactly(ds_runs):
     assert {"global_step4", "latest", "manifest.json", "rng_state_0.pth", "rng_state_1.pth", "scheduler.pt"} <= set(
         files
     )
+
+
+@pytest.fixture(scope="module")
+def launcher_run(tmp_path_factory):
+    """The same training started by DeepSpeed's own launcher (``deepspeed --num_gpus 2``) instead of torchrun."""
+
+    def launch(folder):
+        spec = folder / "spec.json"
+        spec.write_text(json.dumps({"scenarios": [_train("launched", 2, deepspeed=_zero(3))]}))
+        job = deepspeed_launcher("scenarios.py", str(spec), "--output", str(folder), timeout=TIMEOUT, env=DS_ENV)
+        assert job.returncode == 0, f"deepspeed launcher failed ({job.returncode}):\n{job.output[-6000:]}"
+
+    return shared_job_folder(tmp_path_factory, "deepspeed_launcher", launch)
+
+
+def test_the_deepspeed_launcher_runs_the_same_training(launcher_run, tmp_path):
+    reference = run_scenario(_train("reference", 4), tmp_path)
+    assert _max_diff(_load(launcher_run, "launched")["state"], reference["state"]) < 1e-4
+    facts = [_facts(launcher_run, "launched", rank) for rank in (0, 1)]
+    assert [(f["rank"], f["world_size"], f["strategy"]) for f in facts] == [
+        (0, 2, "DeepSpeedStrategy"),
+        (1, 2, "DeepSpeedStrategy"),
+    ]

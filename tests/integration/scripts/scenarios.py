@@ -193,6 +193,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("spec")
     parser.add_argument("--output", required=True)
+    parser.add_argument("--local_rank", type=int, default=-1)  # the deepspeed launcher passes it
     opts = parser.parse_args()
     spec = json.loads(Path(opts.spec).read_text())
     strategies = []
