@@ -15,6 +15,7 @@ import torch
 from tests.helpers import TokenModel
 from tests.integration.harness import deepspeed_launcher, run_spec, shared_job_folder
 from tests.integration.scripts.scenarios import run_scenario
+from tests.integration.test_ddp_evaluation import COMPARED, EVAL_ARGS
 from tests.integration.test_ddp_training import TRAIN_ARGS, _max_diff
 
 pytest.importorskip("deepspeed", reason="the deepspeed extra is not installed")
@@ -91,6 +92,17 @@ def ds_runs(tmp_path_factory):
         _train("zero2_config_scheduler", 2, deepspeed=_zero(2, scheduler=AUTO_SCHEDULER), warmup_steps=2),
         _train("zero2_bf16", 2, deepspeed=_zero(2), bf16=True),
         _train("zero3_best", 2, deepspeed=_zero(3), **BEST),
+        _train("zero2_best", 2, deepspeed=_zero(2), **BEST),
+        _train("zero3_best_model_only", 2, deepspeed=_zero(3), save_only_model=True, **BEST),
+        _train("zero2_best_model_only", 2, deepspeed=_zero(2), save_only_model=True, **BEST),
+        {
+            "name": "evaluate",
+            "task": "evaluate",
+            "eval_size": 7,
+            "metrics": "function",
+            "deepspeed": _zero(3),
+            "args": {**EVAL_ARGS, "per_device_eval_batch_size": 2},
+        },
         _train("offload", 2, deepspeed=OFFLOADED, save_strategy="steps", save_steps=2),
         resumed,
     ]
@@ -171,14 +183,27 @@ def test_save_model_writes_full_weights_a_plain_model_loads(ds_runs):
     assert _max_diff(plain.state_dict(), trained) == 0.0
 
 
-def test_best_model_is_loaded_into_the_zero3_engine(ds_runs, tmp_path):
+@pytest.mark.parametrize("name", ["zero3_best", "zero2_best", "zero3_best_model_only", "zero2_best_model_only"])
+def test_the_best_model_is_loaded_into_the_live_engine(ds_runs, tmp_path, name):
+    """From the engine's checkpoint, or (save_only_model) from model.safetensors through load_model_state_dict."""
     after_first_step = run_scenario(_train("reference", 4, max_steps=1, num_train_epochs=1), tmp_path)
     # max_steps=1 has a one-step linear schedule: the first step's learning rate is the same
-    run = _load(ds_runs, "zero3_best")
+    run = _load(ds_runs, name)
     assert _max_diff(run["state"], after_first_step["state"]) < 1e-4
-    facts = _facts(ds_runs, "zero3_best")
+    facts = _facts(ds_runs, name)
     assert facts["best_model_checkpoint"].endswith("checkpoint-1")
     assert facts["checkpoints"] == ["checkpoint-1", "checkpoint-5"]  # rotation kept the best and the latest
+    held = json.loads((ds_runs / name / "checkpoint-1" / "manifest.json").read_text())["parts"]
+    assert ("model" in held, "deepspeed" in held) == (("model_only" in name), ("model_only" not in name))
+
+
+def test_evaluation_without_training_equals_one_process(ds_runs, tmp_path):
+    spec = {"name": "reference", "task": "evaluate", "eval_size": 7, "metrics": "function"}
+    reference = run_scenario({**spec, "args": {**EVAL_ARGS, "per_device_eval_batch_size": 2}}, tmp_path)
+    distributed = _load(ds_runs, "evaluate")
+    for where in ("eval_metrics", "pred_metrics"):
+        expected = {k: v for k, v in reference[where].items() if k in COMPARED}
+        assert {k: v for k, v in distributed[where].items() if k in COMPARED} == pytest.approx(expected)
 
 
 def test_zero3_offload_resumes_exactly(ds_runs):
