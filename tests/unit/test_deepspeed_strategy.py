@@ -7,6 +7,7 @@ The 2-process engine runs are in tests/integration/test_deepspeed.py.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -297,3 +298,23 @@ def test_checkpoints_hold_the_parts_the_strategy_chooses(tmp_path):
     files = {path.name for path in (tmp_path / "checkpoint-1").iterdir()}
     assert "engine.pt" in files
     assert not {"model.safetensors", "optimizer.pt"} & files
+
+
+class Pickled:
+    """Something a crafted checkpoint file could hold."""
+
+
+@needs_deepspeed
+def test_deepspeeds_files_are_read_weights_only(tmp_path):
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    from trainkit.strategies.deepspeed_weights import safe_engine_loads
+
+    torch.save({"zero_stage": ZeroStageEnum.gradients}, tmp_path / "ours.pt")
+    torch.save({"payload": Pickled()}, tmp_path / "crafted.pt")
+    with safe_engine_loads(tmp_path):
+        assert torch.load(tmp_path / "ours.pt", weights_only=False)["zero_stage"] == ZeroStageEnum.gradients
+    crafted = pytest.raises(CheckpointError, match=r"cannot be loaded safely .*Unsupported global.*Pickled")
+    with crafted, safe_engine_loads(tmp_path):
+        torch.load(tmp_path / "crafted.pt", weights_only=False)  # what DeepSpeed passes
+    assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ

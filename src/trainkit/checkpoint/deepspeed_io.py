@@ -12,9 +12,8 @@ Every rank takes part in a save (``collective``), following CheckpointIO's stagi
 A failure on any rank is reported on every rank and leaves no checkpoint behind. The folder has
 transformers' DeepSpeed layout (``python checkpoint-N/zero_to_fp32.py checkpoint-N out`` works).
 Loading verifies the manifest and every file's hash like any CheckpointIO; the engine part comes
-back as a ``SavedEngine`` (folder and tag) that the strategy loads into its live engine. DeepSpeed
-reads its own shards with ``torch.load(weights_only=False)``: the hashes catch damaged files, not
-crafted ones, so resume only from checkpoints you wrote.
+back as a ``SavedEngine`` (folder and tag) that the strategy loads into its live engine, with every
+``torch.load`` DeepSpeed makes forced to ``weights_only`` (``strategies/deepspeed_weights.py``).
 """
 
 from __future__ import annotations

@@ -17,9 +17,10 @@ so the loops stay the same:
 - the config's ``scheduler`` is built here (not by the engine) on the engine's optimizer and stepped by
   the loop like any scheduler; the registry's scheduler is too. Both travel in ``scheduler.pt``;
 - checkpoints are the engine's own (``DeepSpeedCheckpointIO``: every rank writes its shards inside
-  trainkit's atomic, manifest-checked folder); ``model_state_dict`` gathers the full weights (ZeRO-3:
+  trainkit's atomic, manifest-checked folder), read back by ``engine.load_checkpoint`` with every
+  ``torch.load`` weights-only; ``model_state_dict`` gathers the full weights (ZeRO-3:
   ``_zero3_consolidated_16bit_state_dict``) and ``load_model_state_dict`` loads them into the live
-  engine (ZeRO-3: ``GatheredParameters`` with rank 0 as the modifier).
+  engine (ZeRO-3: ``GatheredParameters`` with rank 0 as the modifier), no rebuild.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from trainkit.strategies.deepspeed_config import (
     schedule_values,
     zero_stage,
 )
+from trainkit.strategies.deepspeed_weights import full_shapes, load_partitioned, load_replicated, safe_engine_loads
 from trainkit.strategies.parallel import ParallelStrategy
 from trainkit.utils.imports import require
 
@@ -263,17 +265,14 @@ class DeepSpeedStrategy(ParallelStrategy):
         if self.engine is None:
             return super().load_model_state_dict(model, state, strict)
         module = self.engine.module
-        problem = describe_state_mismatch(_shapes_of(module), state, strict) if self.is_global_zero else None
+        problem = describe_state_mismatch(full_shapes(module), state, strict) if self.is_global_zero else None
         problem = self.broadcast(problem)
         if problem is not None:
             raise RuntimeError(f"the state dict does not fit {type(module).__name__}: {problem}")
         if self.zero_stage == 3:
-            _load_partitioned(module, state, self.is_global_zero)
+            load_partitioned(module, state, self.is_global_zero)
         else:
-            if self.is_global_zero:
-                module.load_state_dict(state, strict=strict)
-            for tensor in [*module.parameters(), *module.buffers()]:
-                dist.broadcast(tensor.data, src=0)
+            load_replicated(module, state, self.is_global_zero, strict)
         refresh = getattr(self.engine.optimizer, "refresh_fp32_params", None)
         if callable(refresh):
             refresh()
@@ -312,13 +311,14 @@ class DeepSpeedStrategy(ParallelStrategy):
             return
         engine = self._require_engine()
         weights_only = optimizer is None
-        path, _ = engine.load_checkpoint(
-            str(saved.folder),
-            tag=saved.tag,
-            load_optimizer_states=not weights_only,
-            load_lr_scheduler_states=False,
-            load_module_only=weights_only,
-        )
+        with safe_engine_loads(saved.folder):
+            path, _ = engine.load_checkpoint(
+                str(saved.folder),
+                tag=saved.tag,
+                load_optimizer_states=not weights_only,
+                load_lr_scheduler_states=False,
+                load_module_only=weights_only,
+            )
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load its checkpoint {saved.tag!r} from {source or saved.folder}")
 
@@ -378,46 +378,3 @@ def _scheduler_from_config(section: Mapping[str, Any], optimizer: Optimizer) -> 
             f"({', '.join(lr_schedules.VALID_LR_SCHEDULES)}) nor a torch.optim.lr_scheduler class"
         )
     return factory(optimizer, **params)
-
-
-class _Shapes(nn.Module):
-    """Stands in for a ZeRO-3 module in ``describe_state_mismatch``: its state dict with the real shapes."""
-
-    def __init__(self, entries: dict[str, torch.Tensor]) -> None:
-        super().__init__()
-        self.entries = entries
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
-        return self.entries
-
-
-def _shapes_of(module: nn.Module) -> nn.Module:
-    """``module``, or its stand-in with full shapes when ZeRO-3 has partitioned its parameters."""
-    params = dict(module.named_parameters())
-    if not any(hasattr(p, "ds_shape") for p in params.values()):
-        return module
-    entries = {}
-    for key, value in module.state_dict(keep_vars=True).items():
-        shape = getattr(value, "ds_shape", value.shape)
-        entries[key] = torch.empty(shape, device="meta")
-    return _Shapes(entries)
-
-
-def _load_partitioned(module: nn.Module, state: Mapping[str, Any], is_rank_zero: bool) -> None:
-    """Rank 0's weights into ZeRO-3's partitions, one module's parameters gathered at a time; buffers broadcast."""
-    import deepspeed
-
-    for prefix, sub in module.named_modules():
-        params = list(sub.named_parameters(recurse=False))
-        if params:
-            with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=0), torch.no_grad():
-                if is_rank_zero:
-                    for name, param in params:
-                        key = f"{prefix}.{name}" if prefix else name
-                        if key in state:
-                            param.copy_(state[key])
-        for name, buffer in sub.named_buffers(recurse=False):
-            key = f"{prefix}.{name}" if prefix else name
-            if is_rank_zero and key in state:
-                buffer.data.copy_(state[key])
-            dist.broadcast(buffer.data, src=0)
