@@ -248,3 +248,10 @@ def test_the_configs_optimizer_and_scheduler_exclude_the_registries_choices(tmp_
     scheduler = {"scheduler": {"type": "WarmupLR"}}
     with pytest.raises(ValueError, match=r"lr_scheduler_type='cosine' .* contradicts .* scheduler 'WarmupLR'"):
         check_deepspeed_arguments(quiet_args(str(tmp_path), lr_scheduler_type="cosine"), scheduler)
+
+
+def test_a_json_string_that_does_not_parse_is_named_by_the_arguments(tmp_path):
+    from trainkit import TrainingArguments
+
+    with pytest.raises(ValueError, match=r"TrainingArguments.deepspeed is not valid JSON"):
+        TrainingArguments(output_dir=str(tmp_path), deepspeed='{"zero_optimization": {"stage": 2,}}')
