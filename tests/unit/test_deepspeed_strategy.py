@@ -112,6 +112,16 @@ def test_arguments_must_agree_with_a_hand_built_strategys_precision(tmp_path):
 
 
 @needs_deepspeed
+def test_a_precision_other_than_the_configs_is_refused():
+    from trainkit.strategies.deepspeed import DeepSpeedStrategy
+    from trainkit.strategies.environment import ProcessEnvironment
+
+    environment = ProcessEnvironment.from_environ(LAUNCHED)
+    with pytest.raises(ValueError, match=r"the config runs deepspeed-fp32 .* DeepSpeedPrecision\('bf16'"):
+        DeepSpeedStrategy(ZERO2, environment=environment, precision=DeepSpeedPrecision("bf16"))
+
+
+@needs_deepspeed
 def test_the_engines_checkpoints_need_a_collective_io():
     from trainkit.strategies.deepspeed import DeepSpeedStrategy
     from trainkit.strategies.environment import ProcessEnvironment

@@ -95,7 +95,13 @@ class DeepSpeedStrategy(ParallelStrategy):
         self.shards_parameters = self.zero_stage == 3
         self.builds_optimizer = "optimizer" in self.config
         self.builds_scheduler = "scheduler" in self.config
-        super().__init__(precision=precision if precision is not None else engine_precision(self.config), **kwargs)
+        expected = engine_precision(self.config)
+        if precision is not None and precision.compute_dtype != expected.compute_dtype:
+            raise ValueError(
+                f"DeepSpeedStrategy: the config runs {expected.name} (fp16/bf16 blocks), but the precision passed is "
+                f"{precision!r}: the engine owns the dtype, change the config"
+            )
+        super().__init__(precision=precision if precision is not None else expected, **kwargs)
         self.checkpoint_io = checkpoint_io if checkpoint_io is not None else DeepSpeedCheckpointIO()
         self.engine: Any = None
         self._training_steps: tuple[int, int] | None = None
@@ -224,9 +230,10 @@ class DeepSpeedStrategy(ParallelStrategy):
     def optimizer_step(self, optimizer: Optimizer, model: nn.Module | None = None) -> bool:
         """``engine.step()``; False when the engine skipped it (inf/NaN gradients, fp16 overflow)."""
         engine = self._require_engine()
+        boundary = engine.is_gradient_accumulation_boundary()  # elsewhere step() only counts a micro-batch
         engine.step()
         applied = bool(engine.was_step_applied())
-        if not applied:
+        if boundary and not applied:
             self.precision.skipped_steps += 1
         return applied
 
