@@ -158,7 +158,9 @@ FIELD_SUPPORT: dict[str, FieldSupport] = {
     ),
     "parallelism_config": _no("Tensor/context/sequence parallelism is not implemented."),
     "tp_size": _no("Tensor parallelism is not implemented."),
-    "deepspeed": _s(9, "DeepSpeed ZeRO 1/2/3 with HF's 'auto' values."),
+    "deepspeed": _s(
+        9, "DeepSpeedStrategy: ZeRO 0-3, CPU offload; 'auto' values filled from the arguments (docs/deepspeed.md)."
+    ),
     "label_smoothing_factor": _s(5, "Label smoothing on the model's logits."),
     "optim": _s(3, "Any name of the OPTIMIZERS registry (user entries included)."),
     "optim_args": _s(3, "'k1=v1,k2=v2' passed to the optimizer (every optimizer; unknown keys are refused)."),

@@ -263,8 +263,14 @@ class Trainer(CheckpointingMixin, EvaluationMixin, MetricsReportingMixin):
         return self.lr_scheduler
 
     def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
+        """The registries' optimizer and scheduler, unless the strategy builds them from its own configuration
+        (a DeepSpeed config's "optimizer" / "scheduler"): then ``setup_optimizers`` does."""
+        self.strategy.set_training_steps(num_training_steps, self.args.get_warmup_steps(num_training_steps))
+        if self.strategy.builds_optimizer:
+            return  # the scheduler needs the strategy's optimizer: created after setup_optimizers
         self.create_optimizer()
-        self.create_scheduler(num_training_steps=num_training_steps, optimizer=self.optimizer)
+        if not self.strategy.builds_scheduler:
+            self.create_scheduler(num_training_steps=num_training_steps, optimizer=self.optimizer)
 
     def _get_learning_rate(self) -> float:
         assert self.optimizer is not None

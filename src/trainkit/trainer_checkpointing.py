@@ -16,8 +16,6 @@ from typing import Any
 from torch import nn
 
 from trainkit.checkpoint.layout import (
-    PART_MODEL,
-    PART_OPTIMIZER,
     PART_RNG,
     PART_SCALER,
     PART_SCHEDULER,
@@ -26,7 +24,7 @@ from trainkit.checkpoint.layout import (
 )
 from trainkit.checkpoint.manager import CheckpointManager
 from trainkit.checkpoint.rng import capture_rng_state, restore_rng_state
-from trainkit.checkpoint.weights import load_model_state, save_weights_file
+from trainkit.checkpoint.weights import save_weights_file
 from trainkit.state import ExportableState, TrainerState
 from trainkit.utils.logging import get_logger
 
@@ -88,13 +86,13 @@ class CheckpointingMixin:
     def _checkpoint_parts(self) -> dict[str, Any]:
         self._sync_counters()
         self.state.stateful_callbacks = self._callback_states()
+        full = not self.args.save_only_model
         parts: dict[str, Any] = {
-            PART_MODEL: self.strategy.model_state_dict(self.model_wrapped),
+            **self.strategy.checkpoint_parts(self.model_wrapped, self.optimizer, include_optimizer=full),
             PART_TRAINER_STATE: self.state.to_dict(),
             PART_TRAINING_ARGS: self.args.to_dict(),
         }
-        if not self.args.save_only_model:
-            parts[PART_OPTIMIZER] = self.strategy.optimizer_state_dict(self.optimizer)
+        if full:
             parts[PART_SCHEDULER] = self.lr_scheduler.state_dict()
             parts[PART_RNG] = capture_rng_state()
             scaler = self.strategy.precision.state_dict()
@@ -122,9 +120,8 @@ class CheckpointingMixin:
 
     def _restore_from_checkpoint(self, path: str, plan: Any) -> Callable[[], None]:
         """Restore model, optimizer, scheduler, scaler and state; return the RNG restore for the first step."""
-        parts = self.checkpoint_manager.resume(path)
-        self._load_model_weights(parts[PART_MODEL], path)
-        self.strategy.load_optimizer_state_dict(self.optimizer, parts[PART_OPTIMIZER])
+        parts = self.checkpoint_manager.resume(path, required=self.strategy.resume_parts())
+        self.strategy.restore_checkpoint_parts(self.model_wrapped, self.optimizer, parts, source=path)
         if PART_SCHEDULER in parts:
             self.lr_scheduler.load_state_dict(parts[PART_SCHEDULER])
         self.strategy.precision.load_state_dict(parts.get(PART_SCALER, {}))
@@ -159,13 +156,13 @@ class CheckpointingMixin:
             for name, value in {**saved.get("args", {}), **saved.get("attributes", {})}.items():
                 setattr(callback, name, value)
 
-    def _load_model_weights(self, state_dict: dict[str, Any], source: str) -> None:
-        target = self.strategy.unwrap_model(self.model_wrapped)
-        try:
-            self.strategy.load_model_state_dict(self.model_wrapped, state_dict)
-        except RuntimeError:
-            load_model_state(target, state_dict, source=source)  # raises, naming missing/unexpected keys
-            raise
+    def _load_best_weights(self, manager: CheckpointManager) -> None:
+        """The best checkpoint's weights into the live model (a strategy's engine is not rebuilt)."""
+        best = str(manager.best_checkpoint)
+        preferred = self.strategy.weights_parts()
+        held = manager.parts_of(best)
+        part = next((name for name in preferred if name in held), preferred[0])
+        self.strategy.restore_checkpoint_parts(self.model_wrapped, None, manager.load_best(parts=[part]), source=best)
 
     # --------------------------------------------------------------- the end
     def _after_training(self) -> None:
@@ -180,7 +177,7 @@ class CheckpointingMixin:
                 self.args.metric_for_best_model,
                 manager.best_metric,
             )
-            self._load_model_weights(manager.load_best()[PART_MODEL], str(manager.best_checkpoint))
+            self._load_best_weights(manager)
         manager.finalize()
 
     def _is_saving_process(self) -> bool:

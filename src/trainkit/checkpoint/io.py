@@ -61,6 +61,11 @@ class StagedParts:
 class CheckpointIO(ABC):
     """Writes and reads one checkpoint folder, all or nothing, and never unpickles arbitrary objects."""
 
+    # Capability: True when every process calls ``save`` (each with its own parts) and the IO
+    # coordinates the staging protocol across them (DeepSpeed: each rank writes its shards);
+    # False when only the writing process calls it.
+    collective = False
+
     def __init__(self, hash_algorithm: str = DEFAULT_HASH) -> None:
         self.hash_algorithm = check_hash_algorithm(hash_algorithm)
         self.rank = 0

@@ -28,7 +28,7 @@ from trainkit.checkpoint.layout import (
     checkpoint_folder_name,
     checkpoint_step,
 )
-from trainkit.checkpoint.manifest import find_manifest_problem
+from trainkit.checkpoint.manifest import find_manifest_problem, read_manifest
 from trainkit.checkpoint.rotation import (
     default_greater_is_better,
     is_better_metric,
@@ -178,6 +178,8 @@ class CheckpointManager:
             if path.exists() and step not in self._written:
                 logger.info("replacing %s, which this run did not write", path)
             self.io.save(parts, path)
+        elif self.io.collective:  # every rank writes its own parts (shards); the IO coordinates them
+            self.io.save(self._parts_to_save(state), path)
         self._written, self._best_checkpoint_step, self._latest_step = written, best_checkpoint, step
         if self.should_save:
             self._rotate(step)
@@ -304,6 +306,10 @@ class CheckpointManager:
             self._written = [step for step in self._written if self.checkpoint_path(step).exists()]
         self._latest_step = checkpoint_step(folder)
         return state
+
+    def parts_of(self, path: PathLike) -> list[str]:
+        """The parts a checkpoint holds, from its manifest (raises CheckpointError when it is incomplete)."""
+        return sorted(read_manifest(Path(path)).parts)
 
     def load_best(self, parts: Collection[str] = (PART_MODEL,), map_location: Any = "cpu") -> dict[str, Any]:
         """Read the best checkpoint's parts (the model by default: ``load_best_model_at_end``)."""

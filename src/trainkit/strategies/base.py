@@ -20,6 +20,8 @@ from torch import nn
 from torch.optim import Optimizer
 
 from trainkit.checkpoint.io import CheckpointIO
+from trainkit.checkpoint.layout import PART_MODEL, PART_OPTIMIZER
+from trainkit.checkpoint.weights import load_model_state
 from trainkit.precision.base import NULL_CONTEXT, Precision
 
 __all__ = ["ReduceOp", "Strategy"]
@@ -37,9 +39,17 @@ def _all_on(batch: dict[Any, Any], device: torch.device) -> bool:
 class Strategy(ABC):
     """Base class of every strategy; the single-process defaults live here."""
 
-    # Capability: True when each rank holds only a shard of the parameters (FSDP), so a full state
-    # dict is a collective and checkpoints must be written by every rank.
+    # Capability: True when each rank holds only a shard of the parameters (FSDP, ZeRO-3), so a full
+    # state dict is a collective and checkpoints must be written by every rank.
     shards_parameters = False
+    # Capabilities: True when ``setup_optimizers`` builds the optimizer / the scheduler from the
+    # strategy's own configuration (a DeepSpeed config's "optimizer" / "scheduler"), so the Trainer
+    # creates none from its registries.
+    builds_optimizer = False
+    builds_scheduler = False
+    # Capability: True when the precision follows the strategy's own configuration (DeepSpeed's
+    # fp16/bf16 blocks), so the arguments are checked against it instead of choosing one.
+    configures_precision = False
 
     def __init__(self, precision: Precision | None = None, checkpoint_io: CheckpointIO | None = None) -> None:
         self._precision = precision if precision is not None else Precision()
@@ -122,11 +132,18 @@ class Strategy(ABC):
         wrap (DDP) or shard (FSDP) in subclasses."""
         return self.precision.convert_module(model).to(self.root_device)
 
+    def set_training_steps(self, num_training_steps: int, num_warmup_steps: int) -> None:
+        """The length of training, known before ``setup_optimizers`` (DeepSpeed fills its scheduler's steps)."""
+
     def setup_optimizers(
         self, model: nn.Module, optimizer: Optimizer | None, scheduler: Any
     ) -> tuple[nn.Module, Optimizer | None, Any]:
-        """Connect the precision to the module and its optimizer (apex's ``amp.initialize`` needs both);
-        DeepSpeed builds its engine here."""
+        """Connect the precision to the module and its optimizer (apex's ``amp.initialize`` needs both).
+
+        DeepSpeed builds its engine here, and its optimizer / scheduler when ``builds_optimizer`` /
+        ``builds_scheduler`` (then ``optimizer`` / ``scheduler`` are None, and a None scheduler
+        returned means the caller creates the registry's on the returned optimizer).
+        """
         model, optimizer = self.precision.connect(model, optimizer)
         return model, optimizer, scheduler
 
@@ -173,11 +190,19 @@ class Strategy(ABC):
         """Skip the gradient all-reduce inside the block when ``enabled`` (no-op on one process)."""
         return NULL_CONTEXT
 
-    def clip_gradients(self, model: nn.Module, optimizer: Optimizer, max_norm: float) -> torch.Tensor:
-        """Unscale gradients, clip their global norm to ``max_norm``; return the norm before clipping."""
+    def clip_gradients(self, model: nn.Module, optimizer: Optimizer, max_norm: float) -> torch.Tensor | None:
+        """Unscale gradients, clip their global norm to ``max_norm``; return the norm before clipping.
+
+        None when the optimizer step clips instead (DeepSpeed): ``step_grad_norm`` reports the norm then.
+        """
         self._precision.unscale_gradients(optimizer)
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    def step_grad_norm(self) -> torch.Tensor | None:
+        """The global gradient norm the last ``optimizer_step`` measured itself (DeepSpeed's engine clips
+        inside its step); None for strategies whose ``clip_gradients`` returns it."""
+        return None
 
     def optimizer_step(self, optimizer: Optimizer, model: nn.Module | None = None) -> bool:
         """Step the optimizer through the precision; False when the step was skipped."""
@@ -233,6 +258,38 @@ class Strategy(ABC):
 
     def load_optimizer_state_dict(self, optimizer: Optimizer, state: dict[str, Any]) -> None:
         optimizer.load_state_dict(state)
+
+    # -------------------------------------------------------------- checkpoints
+    def checkpoint_parts(
+        self, model: nn.Module, optimizer: Optimizer | None, include_optimizer: bool = True
+    ) -> dict[str, Any]:
+        """The parts of a training checkpoint that hold the model and its optimizer (a collective on sharded
+        strategies): the full weights and ``optimizer.pt`` here; DeepSpeed's engine checkpoint instead."""
+        parts = {PART_MODEL: self.model_state_dict(model)}
+        if include_optimizer and optimizer is not None:
+            parts[PART_OPTIMIZER] = self.optimizer_state_dict(optimizer)
+        return parts
+
+    def resume_parts(self) -> tuple[str, ...]:
+        """The parts a checkpoint must hold for this strategy to resume from it."""
+        return (PART_MODEL, PART_OPTIMIZER)
+
+    def weights_parts(self) -> tuple[str, ...]:
+        """Parts from which this strategy can load the weights alone (``load_best_model_at_end``), preferred first."""
+        return (PART_MODEL,)
+
+    def restore_checkpoint_parts(
+        self, model: nn.Module, optimizer: Optimizer | None, parts: dict[str, Any], source: str = ""
+    ) -> None:
+        """Load what ``checkpoint_parts`` saved: the weights, and the optimizer state unless ``optimizer`` is None."""
+        state = parts[PART_MODEL]
+        try:
+            self.load_model_state_dict(model, state)
+        except RuntimeError:
+            load_model_state(self.unwrap_model(model), state, source=source)  # raises, naming the keys at fault
+            raise
+        if optimizer is not None:
+            self.load_optimizer_state_dict(optimizer, parts[PART_OPTIMIZER])
 
     def save_checkpoint(self, path: Any, state: dict[str, Any]) -> None:
         """Write a checkpoint through the CheckpointIO (from the process that should write)."""

@@ -123,7 +123,7 @@ class XLAStrategy(Strategy):
 
         torch_xla.sync()
 
-    def clip_gradients(self, model: nn.Module, optimizer: Optimizer, max_norm: float) -> torch.Tensor:
+    def clip_gradients(self, model: nn.Module, optimizer: Optimizer, max_norm: float) -> torch.Tensor | None:
         """Average the gradients over the processes first: the norm is the global gradient's."""
         self._reduce_gradients(optimizer)
         return super().clip_gradients(model, optimizer, max_norm)
