@@ -24,7 +24,7 @@ __all__ = [
 
 # Issues whose features are on main. A "supported" field whose issue is not listed here is
 # refused (when set to a non-default value) with a message naming the issue.
-IMPLEMENTED_ISSUES: frozenset[int] = frozenset({2, 3, 4, 5, 6, 7, 8})
+IMPLEMENTED_ISSUES: frozenset[int] = frozenset({2, 3, 4, 5, 6, 7, 8, 9})
 
 
 class UnsupportedArgumentError(ValueError):
