@@ -148,17 +148,18 @@ def test_each_optimizer_step_runs_two_graphs(tmp_path: Path):
 
 # ------------------------------------------------------------------ state and checkpoints on the CPU
 class RecordingIO(CheckpointIO):
+    """Keeps the state that reaches the IO (writes no part files)."""
+
     def __init__(self) -> None:
+        super().__init__()
         self.saved: list[dict[str, Any]] = []
 
-    def _save(self, state: dict[str, Any], path: Path) -> None:
+    def _save(self, state: dict[str, Any], staging: Any) -> dict[str, list[str]]:
         self.saved.append(state)
+        return {}
 
-    def _load(self, path: Path, map_location: Any) -> dict[str, Any]:
+    def _load(self, folder: Path, parts: dict[str, list[str]], map_location: Any) -> dict[str, Any]:
         return self.saved[-1]
-
-    def _is_complete(self, path: Path) -> bool:
-        return bool(self.saved)
 
 
 def _tensors(state: Any) -> list[torch.Tensor]:

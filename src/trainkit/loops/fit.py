@@ -118,6 +118,7 @@ class FitLoop:
         if self._on_first_step is not None:
             self._on_first_step()
             self._on_first_step = None
+        self.strategy.begin_window()
         t._current_window = window
         num_items = self._num_items_tensor(window)
         window_loss: torch.Tensor | None = None

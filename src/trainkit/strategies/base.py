@@ -3,7 +3,8 @@
 A Strategy owns its Precision and its CheckpointIO. The loops talk to the model only through
 these methods, so they never branch on the backend: DDP overrides ``no_backward_sync`` and the
 collectives, FSDP the state-dict methods, DeepSpeed ``backward`` and ``optimizer_step``, XLA the
-device loader and ``mark_step``. On one process every collective is a no-op.
+device loader, ``mark_step``, ``begin_window`` and ``rng_state``. On one process every collective
+is a no-op.
 """
 
 from __future__ import annotations
@@ -223,6 +224,10 @@ class Strategy(ABC):
         host read (the loss, the gradient norm, predictions) does not trace the step twice.
         """
 
+    def begin_window(self) -> None:
+        """Called by the FitLoop before the first forward of each accumulation window (after a resume's RNG
+        restore). A no-op here; XLA puts its device generator back where the last optimizer step left it."""
+
     # -------------------------------------------------------------- collectives
     def all_reduce(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> torch.Tensor:
         """Reduce ``tensor`` over all processes (identity on one process)."""
@@ -290,6 +295,15 @@ class Strategy(ABC):
             raise
         if optimizer is not None:
             self.load_optimizer_state_dict(optimizer, parts[PART_OPTIMIZER])
+
+    def rng_state(self) -> dict[str, Any]:
+        """Generator states of this backend beyond python's, numpy's, torch's CPU and CUDA ones (which
+        ``capture_rng_state`` holds), merged into the checkpoint's RNG part: ints and tensors only, so that it
+        loads with ``torch.load(weights_only=True)``. None here."""
+        return {}
+
+    def load_rng_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``rng_state`` returned, from the checkpoint's whole RNG part (other keys are ignored)."""
 
     def save_checkpoint(self, path: Any, state: dict[str, Any]) -> None:
         """Write a checkpoint through the CheckpointIO (from the process that should write)."""
