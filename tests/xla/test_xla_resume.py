@@ -17,7 +17,7 @@ torch_xla = pytest.importorskip("torch_xla")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from tests.helpers import TokenDataset, TokenModel, quiet_args  # noqa: E402
+from tests.helpers import StreamDataset, TokenDataset, TokenModel, quiet_args  # noqa: E402
 from tests.xla.helpers import (  # noqa: E402
     FP32_TOLERANCE,
     HALF_TOLERANCE,
@@ -153,6 +153,42 @@ def test_resume_restores_the_grad_scaler_on_xla(tmp_path: Path):
     )
     assert resumed_scales.scales == full_scales.scales[3:]
     assert max_weight_difference(_cpu_weights(full.model), _cpu_weights(resumed.model)) == 0.0
+
+
+class DeviceCopiesAtStepEnd(TrainerCallback):
+    def __init__(self, strategy: XLAStrategy) -> None:
+        self.strategy = strategy
+        self.counts: list[int] = []
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.counts.append(len(self.strategy._device_copies))
+
+
+def test_iterable_dataset_resume_equals_the_uninterrupted_run_and_drops_the_skipped_batches(tmp_path: Path):
+    """An IterableDataset is skipped by reading its batches: the device loader sends them, nobody takes them."""
+
+    def run(folder: Path, seed: int = 0, stop: int | None = None, resume: str | None = None) -> Any:
+        strategy = XLAStrategy(prefetch=2)
+        copies = DeviceCopiesAtStepEnd(strategy)
+        args = quiet_args(
+            str(folder),
+            per_device_train_batch_size=2,
+            max_steps=8,
+            learning_rate=0.05,
+            save_strategy="steps",
+            save_steps=5,
+        )
+        callbacks = [copies] + ([StopAfter(stop)] if stop else [])
+        data = StreamDataset(TokenDataset(40))
+        trainer = Trainer(_token_model(seed), args, train_dataset=data, strategy=strategy, callbacks=callbacks)
+        trainer.train(resume_from_checkpoint=resume)
+        return _cpu_weights(trainer.model), copies.counts
+
+    full, _ = run(tmp_path / "full")
+    run(tmp_path / "cut", stop=5)
+    resumed, counts = run(tmp_path / "cut", seed=1, resume=str(tmp_path / "cut" / "checkpoint-5"))
+    assert max_weight_difference(full, resumed) == 0.0
+    assert counts == [2, 2, 2]  # only the two batches sent ahead; the five skipped ones are dropped
 
 
 # ------------------------------------------------------------------ the device generator (dropout)

@@ -182,6 +182,7 @@ class XLAStrategy(Strategy):
 
         self._gradients_reduced = False
         self.mark_step()
+        self._device_copies.discard_handed_out()  # batches read but not moved: skipped on resume (IterableDataset)
         self._window_seed = int(xm.get_rng_state(self.root_device))  # a host value: no device wait
 
     def begin_window(self) -> None:
