@@ -24,7 +24,7 @@ __all__ = [
 
 # Issues whose features are on main. A "supported" field whose issue is not listed here is
 # refused (when set to a non-default value) with a message naming the issue.
-IMPLEMENTED_ISSUES: frozenset[int] = frozenset({2, 3, 4, 5, 6, 7, 8})
+IMPLEMENTED_ISSUES: frozenset[int] = frozenset({2, 3, 4, 5, 6, 7, 8, 9})
 
 
 class UnsupportedArgumentError(ValueError):
@@ -165,7 +165,9 @@ FIELD_SUPPORT: dict[str, FieldSupport] = {
     ),
     "parallelism_config": _no("Tensor/context/sequence parallelism is not implemented."),
     "tp_size": _no("Tensor parallelism is not implemented."),
-    "deepspeed": _s(9, "DeepSpeed ZeRO 1/2/3 with HF's 'auto' values."),
+    "deepspeed": _s(
+        9, "DeepSpeedStrategy: ZeRO 0-3, CPU offload; 'auto' values filled from the arguments (docs/deepspeed.md)."
+    ),
     "label_smoothing_factor": _s(5, "Label smoothing on the model's logits."),
     "optim": _s(3, "Any name of the OPTIMIZERS registry (user entries included)."),
     "optim_args": _s(3, "'k1=v1,k2=v2' passed to the optimizer (every optimizer; unknown keys are refused)."),

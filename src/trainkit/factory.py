@@ -123,6 +123,8 @@ def build_strategy(args: TrainingArguments, environ: Mapping[str, str] | None = 
     if xla is not None:
         return xla
     env = ProcessEnvironment.from_environ(environ, args.local_rank)
+    if args.deepspeed:
+        return _deepspeed_strategy(args, env)
     options = [str(getattr(o, "value", o)) for o in args.fsdp or []]  # type: ignore[union-attr]
     if args.fsdp_config and not options:
         raise ValueError(
@@ -194,10 +196,35 @@ def _fsdp_strategy(args: TrainingArguments, options: list[str], env: Any) -> Str
     return strategy
 
 
+def _deepspeed_strategy(args: TrainingArguments, env: Any) -> Strategy:
+    """``DeepSpeedStrategy`` with the config's ``"auto"`` values filled from the arguments (deepspeed_options.py)."""
+    from trainkit.strategies.environment import TORCHRUN_HINT
+    from trainkit.utils.imports import require
+
+    require("deepspeed", "TrainingArguments.deepspeed")
+    from trainkit.checkpoint.deepspeed_io import DeepSpeedCheckpointIO
+    from trainkit.strategies.deepspeed import DeepSpeedStrategy, engine_precision
+    from trainkit.strategies.deepspeed_options import deepspeed_config_from_arguments
+
+    if not env.launched:
+        raise ValueError(
+            "TrainingArguments.deepspeed runs one process per device, started by a launcher (one process is fine): "
+            f"{TORCHRUN_HINT}; or DeepSpeed's own launcher, `deepspeed --num_gpus 2 train.py ...`"
+        )
+    config = deepspeed_config_from_arguments(args, env.world_size)
+    return DeepSpeedStrategy(
+        config,
+        environment=env,
+        precision=engine_precision(config, tf32=args.tf32),
+        checkpoint_io=DeepSpeedCheckpointIO(safe_serialization=args.save_safetensors is not False),
+        **_process_group_kwargs(args),
+    )
+
+
 def _check_combination(args: TrainingArguments, strategy: Strategy, precision: Precision) -> None:
     """Refuse what the strategy cannot run (yet), naming the arguments involved."""
-    if not strategy.shards_parameters:
-        return
+    if not strategy.shards_parameters or strategy.checkpoint_io.collective:
+        return  # an IO in which every rank writes its shards (DeepSpeed's) runs sharded strategies
     if precision.eval_precision is not None:
         raise ValueError(
             "TrainingArguments: fp16_full_eval / bf16_full_eval cannot run with fsdp: FSDP2 owns the parameters, "
@@ -235,12 +262,17 @@ def build_components(
         _fill_save_on_each_node(args, strategy)
     if precision is None:
         precision = _precision_for(args, strategy)
-    _check_combination(args, strategy, precision)
+    elif strategy.configures_precision and precision is not strategy.precision:
+        raise ValueError(
+            f"{type(strategy).__name__} takes its precision from its own configuration ({strategy.precision!r}); "
+            f"it cannot run the precision passed to the Trainer ({precision!r})"
+        )
     strategy.precision = precision
     if checkpoint_io is not None:
         strategy.checkpoint_io = checkpoint_io
     elif strategy._checkpoint_io is None:
         strategy.checkpoint_io = build_checkpoint_io(args)
+    _check_combination(args, strategy, precision)
     return Components(strategy=strategy, precision=precision, checkpoint_io=strategy.checkpoint_io)
 
 
@@ -263,6 +295,9 @@ def _precision_for(args: TrainingArguments, strategy: Strategy) -> Precision:
     from trainkit.precision.base import Precision
 
     own = strategy.precision
+    if strategy.configures_precision:
+        _check_configured_precision(args, own, strategy.root_device)
+        return own
     if type(own) is not Precision or own.tf32 is not None or own.eval_precision is not None:
         wanted = build_precision(args, strategy.root_device)
         if type(wanted) is not Precision or wanted.tf32 is not None or wanted.eval_precision is not None:
@@ -300,3 +335,18 @@ def build_xla_strategy(args: TrainingArguments) -> Strategy | None:
 
         return XLAStrategy()
     return None
+
+
+def _check_configured_precision(args: TrainingArguments, precision: Precision, device: torch.device) -> None:
+    """The arguments' fp16/bf16/tf32 against a precision the strategy's configuration decided (DeepSpeed)."""
+    _check_device_runs(args, device)
+    wanted = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
+    dtype = precision.compute_dtype
+    has = "fp16" if dtype == torch.float16 else "bf16" if dtype == torch.bfloat16 else "fp32"
+    if wanted != has:
+        raise ValueError(
+            f"TrainingArguments ask for {wanted} (fp16={args.fp16}, bf16={args.bf16}), but the strategy's own "
+            f"configuration runs {has} ({precision!r}): make them agree"
+        )
+    if args.tf32 is not None and precision.tf32 != args.tf32:
+        raise ValueError(f"TrainingArguments.tf32={args.tf32} contradicts the strategy's precision {precision!r}")

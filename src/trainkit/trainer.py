@@ -9,6 +9,7 @@ callbacks decide *when*.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -50,6 +51,21 @@ def _default_label_names(model: nn.Module | None) -> list[str]:
         return ["start_positions", "end_positions"]
     found = [n for n in names if "label" in n]
     return found or ["labels"]
+
+
+@dataclass
+class _ModelFacts:
+    model: nn.Module
+    main_input_name: str
+    flops_counter: Callable[[Any], Any] | None
+    dense_parameters: int
+
+    @classmethod
+    def of(cls, model: nn.Module, inner: nn.Module) -> _ModelFacts:
+        counter = getattr(inner, "floating_point_ops", None)
+        embeddings = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+        dense = sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
+        return cls(model, getattr(model, "main_input_name", "input_ids"), counter if callable(counter) else None, dense)
 
 
 class Trainer(CheckpointingMixin, EvaluationMixin, MetricsReportingMixin):
@@ -126,8 +142,7 @@ class Trainer(CheckpointingMixin, EvaluationMixin, MetricsReportingMixin):
         self._tokens_local = 0
         self._tokens_seen_this_run = 0
         self._current_flos = 0.0
-        self._dense_for: nn.Module | None = None
-        self._dense_count = 0
+        self._facts: _ModelFacts | None = None
         self._samples_local = 0
         self.is_in_train = False
         self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
@@ -248,8 +263,14 @@ class Trainer(CheckpointingMixin, EvaluationMixin, MetricsReportingMixin):
         return self.lr_scheduler
 
     def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
+        """The registries' optimizer and scheduler, unless the strategy builds them from its own configuration
+        (a DeepSpeed config's "optimizer" / "scheduler"): then ``setup_optimizers`` does."""
+        self.strategy.set_training_steps(num_training_steps, self.args.get_warmup_steps(num_training_steps))
+        if self.strategy.builds_optimizer:
+            return  # the scheduler needs the strategy's optimizer: created after setup_optimizers
         self.create_optimizer()
-        self.create_scheduler(num_training_steps=num_training_steps, optimizer=self.optimizer)
+        if not self.strategy.builds_scheduler:
+            self.create_scheduler(num_training_steps=num_training_steps, optimizer=self.optimizer)
 
     def _get_learning_rate(self) -> float:
         assert self.optimizer is not None
@@ -377,28 +398,25 @@ class Trainer(CheckpointingMixin, EvaluationMixin, MetricsReportingMixin):
     def floating_point_ops(self, inputs: Any) -> float:
         """Training FLOPs of a micro-batch: the model's own count (transformers models), else the same
         estimate transformers uses, 6 x input tokens x parameters outside embeddings."""
-        counter = getattr(self.strategy.unwrap_model(self.model), "floating_point_ops", None)
-        if callable(counter):
-            return float(counter(inputs))
-        name = getattr(self.model, "main_input_name", "input_ids")
-        tokens = inputs.get(name) if isinstance(inputs, dict) else None
+        facts = self._model_facts
+        if facts.flops_counter is not None:
+            return float(facts.flops_counter(inputs))
+        tokens = inputs.get(facts.main_input_name) if type(inputs) is dict else None
         if not isinstance(tokens, torch.Tensor):
             return 0.0
-        return 6.0 * tokens.numel() * self._dense_parameters
+        return 6.0 * tokens.numel() * facts.dense_parameters
 
     @property
-    def _dense_parameters(self) -> int:
-        """Parameters outside embedding tables (cached per model)."""
-        if self._dense_for is not self.model:
-            embeddings = {id(p) for m in self.model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
-            self._dense_count = sum(p.numel() for p in self.model.parameters() if id(p) not in embeddings)
-            self._dense_for = self.model
-        return self._dense_count
+    def _model_facts(self) -> _ModelFacts:
+        """What the per-step code asks of the model, looked up once per model (module getattr is slow)."""
+        if self._facts is None or self._facts.model is not self.model:
+            self._facts = _ModelFacts.of(self.model, self.strategy.unwrap_model(self.model))
+        return self._facts
 
     def _count_input_tokens(self, batch: Any) -> None:
         if not (self.args.include_num_input_tokens_seen or self.args.include_tokens_per_second):
             return
-        name = getattr(self.model, "main_input_name", "input_ids")
+        name = self._model_facts.main_input_name
         if isinstance(batch, dict) and isinstance(batch.get(name), torch.Tensor):
             self._tokens_local += batch[name].numel()
 

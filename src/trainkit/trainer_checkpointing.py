@@ -94,7 +94,7 @@ class CheckpointingMixin:
         }
         if full:
             parts[PART_SCHEDULER] = self.lr_scheduler.state_dict()
-            parts[PART_RNG] = capture_rng_state()
+            parts[PART_RNG] = {**capture_rng_state(), **self.strategy.rng_state()}
             scaler = self.strategy.precision.state_dict()
             if scaler:
                 parts[PART_SCALER] = scaler
@@ -128,7 +128,11 @@ class CheckpointingMixin:
         self._restore_state(TrainerState.from_dict(parts[PART_TRAINER_STATE]))
         logger.info("Resumed from %s at step %d", path, self.state.global_step)
         rng = parts.get(PART_RNG)
-        return (lambda: restore_rng_state(rng)) if rng is not None else (lambda: None)
+        return (lambda: self._restore_rng(rng)) if rng is not None else (lambda: None)
+
+    def _restore_rng(self, state: dict[str, Any]) -> None:
+        restore_rng_state(state)
+        self.strategy.load_rng_state(state)
 
     def _restore_state(self, saved: TrainerState) -> None:
         """Take the saved progress; keep this run's plan (max_steps and intervals come from the arguments)."""

@@ -53,11 +53,25 @@ def _command(script: str, args: tuple[str, ...], nproc: int, nnodes: int, node_r
     ]
 
 
-def torchrun(script: str, *args: str, nproc: int = 2, timeout: float = 120) -> Job:
+def torchrun(script: str, *args: str, nproc: int = 2, timeout: float = 120, env: dict[str, str] | None = None) -> Job:
     """Run ``tests/integration/scripts/<script>`` under torchrun; stdout and stderr together in ``output``."""
     command = _command(script, args, nproc, 1, 0, free_port())
+    return _run(command, timeout, env)
+
+
+def deepspeed_launcher(
+    script: str, *args: str, nproc: int = 2, timeout: float = 120, env: dict[str, str] | None = None
+) -> Job:
+    """Run ``tests/integration/scripts/<script>`` under DeepSpeed's own launcher (``deepspeed --num_gpus N``)."""
+    launcher = Path(sys.executable).with_name("deepspeed")
+    command = [str(launcher), f"--num_gpus={nproc}", f"--master_port={free_port()}", str(SCRIPTS / script), *args]
+    return _run(command, timeout, env)
+
+
+def _run(command: list[str], timeout: float, env: dict[str, str] | None) -> Job:
     start = time.monotonic()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=job_env(), cwd=ROOT)
+    environment = {**job_env(), **(env or {})}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment, cwd=ROOT)
     return Job(done.returncode, done.stdout + done.stderr, time.monotonic() - start)
 
 
@@ -88,11 +102,13 @@ def torchrun_nodes(script: str, *args: str, nnodes: int = 2, nproc: int = 1, tim
     return jobs
 
 
-def run_spec(spec: dict[str, Any], folder: Path, nproc: int = 2, timeout: float = 120) -> Job:
+def run_spec(
+    spec: dict[str, Any], folder: Path, nproc: int = 2, timeout: float = 120, env: dict[str, str] | None = None
+) -> Job:
     """Write ``spec`` as JSON into ``folder`` and run the scenario script on it under torchrun."""
     path = folder / "spec.json"
     path.write_text(json.dumps(spec))
-    job = torchrun("scenarios.py", str(path), "--output", str(folder), nproc=nproc, timeout=timeout)
+    job = torchrun("scenarios.py", str(path), "--output", str(folder), nproc=nproc, timeout=timeout, env=env)
     assert job.returncode == 0, f"torchrun failed ({job.returncode}):\n{job.output[-6000:]}"
     return job
 

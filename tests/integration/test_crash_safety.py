@@ -55,6 +55,7 @@ def _kill_repeatedly(launcher, run_dir: Path, trials: int, seed: int) -> int:
         assert trial.killed, trial.lines[-3:]
         assert trial.resumed_from == newest, "the restart did not resume from the newest complete checkpoint"
         newest = _newest_step(run_dir)
+        while_saving += trial.killed_while_saving
         if trial.last_saved is None:  # a fresh start killed before its first save returned
             assert newest in (None, 1)
             continue
@@ -63,7 +64,6 @@ def _kill_repeatedly(launcher, run_dir: Path, trials: int, seed: int) -> int:
         assert trial.last_saved <= newest <= trial.last_saved + 1
         assert len(list_complete_checkpoints(run_dir)) <= LIMIT + 1  # + one committed before its rotation ran
         SafetensorsCheckpointIO().load(get_last_checkpoint(run_dir))  # every file verifies and parses
-        while_saving += trial.killed_while_saving
     assert while_saving >= trials // 2, f"only {while_saving} of {trials} kills landed in a save"
     assert newest is not None, "no trial got as far as a first checkpoint"
     return newest

@@ -9,6 +9,7 @@ with the CPU's to 1.6e-3 in the weights and 3.9e-3 in the predictions (one bf16 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tests.helpers import IGNORE, TokenDataset, TokenModel, quiet_args
+from trainkit import TrainerCallback
 
 FP32_TOLERANCE = 1e-5  # absolute, on losses, weights, predictions (measured: <= 4.8e-7)
 HALF_TOLERANCE = 1e-2  # absolute and relative, bf16/fp16 mixed precision against the CPU's (measured: <= 3.9e-3)
@@ -65,32 +67,52 @@ class RunResult:
     trainer: Any
 
 
-def train_evaluate_predict(strategy: Any, output_dir: str, **overrides: Any) -> RunResult:
-    """Six optimizer steps of a token model (accumulation 2, clipping, warmup + linear decay), then
-    evaluate and predict on variable-length sequences."""
+TRAINING = {
+    "per_device_train_batch_size": 4,
+    "per_device_eval_batch_size": 4,
+    "gradient_accumulation_steps": 2,
+    "max_steps": 6,
+    "learning_rate": 0.05,
+    "warmup_steps": 2,
+    "max_grad_norm": 1.0,
+    "logging_strategy": "steps",
+    "logging_steps": 1,
+    "log_level": "error",
+}
+
+
+class StopAfter(TrainerCallback):
+    """Ends training after optimizer step ``step`` (an interruption; the step's checkpoint is written first)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def _trainer(strategy: Any, output_dir: str, model: Any, callbacks: list[Any], **overrides: Any) -> Any:
     from trainkit import Trainer
 
-    kwargs: dict[str, Any] = {
-        "per_device_train_batch_size": 4,
-        "per_device_eval_batch_size": 4,
-        "gradient_accumulation_steps": 2,
-        "max_steps": 6,
-        "learning_rate": 0.05,
-        "warmup_steps": 2,
-        "max_grad_norm": 1.0,
-        "logging_strategy": "steps",
-        "logging_steps": 1,
-        "log_level": "error",
-        **overrides,
-    }
-    model = TokenModel()
-    args = quiet_args(output_dir, **kwargs)
-    trainer = Trainer(model, args, train_dataset=TokenDataset(48), data_collator=pad_collate, strategy=strategy)
-    trainer.train()
+    eval_dataset = overrides.pop("eval_dataset", None)
+    args = quiet_args(output_dir, **{**TRAINING, **overrides})
+    return Trainer(
+        model,
+        args,
+        train_dataset=TokenDataset(48),
+        eval_dataset=eval_dataset,
+        data_collator=pad_collate,
+        strategy=strategy,
+        callbacks=callbacks,
+    )
+
+
+def _evaluate_predict(trainer: Any) -> RunResult:
     history = trainer.state.log_history
     eval_loss = trainer.evaluate(VariableLengthTokens())["eval_loss"]
     output = trainer.predict(VariableLengthTokens())
-    weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    weights = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
     return RunResult(
         losses=[h["loss"] for h in history if "loss" in h],
         grad_norms=[h["grad_norm"] for h in history if "grad_norm" in h],
@@ -100,6 +122,33 @@ def train_evaluate_predict(strategy: Any, output_dir: str, **overrides: Any) -> 
         weights=weights,
         trainer=trainer,
     )
+
+
+def train_evaluate_predict(strategy: Any, output_dir: str, **overrides: Any) -> RunResult:
+    """Six optimizer steps of a token model (accumulation 2, clipping, warmup + linear decay), then
+    evaluate and predict on variable-length sequences."""
+    trainer = _trainer(strategy, output_dir, TokenModel(dropout=overrides.pop("dropout", 0.0)), [], **overrides)
+    trainer.train()
+    return _evaluate_predict(trainer)
+
+
+def resume_evaluate_predict(
+    make_strategy: Callable[[], Any], output_dir: str, stop_after: int, callbacks: Sequence[Any] = (), **overrides: Any
+) -> RunResult:
+    """``train_evaluate_predict`` interrupted after step ``stop_after`` (checkpointed), then resumed by a new
+    Trainer with a new strategy and a model of other initial weights (the checkpoint must restore them).
+
+    The losses are the whole run's: the resumed Trainer's history holds the interrupted one's.
+    """
+    dropout = overrides.pop("dropout", 0.0)
+    overrides = {"save_strategy": "steps", "save_steps": stop_after, **overrides}
+    first = _trainer(make_strategy(), output_dir, TokenModel(dropout=dropout), [StopAfter(stop_after)], **overrides)
+    first.train()
+    assert first.state.global_step == stop_after
+    second = _trainer(make_strategy(), output_dir, TokenModel(seed=1, dropout=dropout), list(callbacks), **overrides)
+    second.train(resume_from_checkpoint=os.path.join(output_dir, f"checkpoint-{stop_after}"))
+    assert second.state.global_step == TRAINING["max_steps"]
+    return _evaluate_predict(second)
 
 
 def max_weight_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

@@ -78,6 +78,8 @@ def test_spmd_on_two_devices_equals_one_device(mode: str, one_device: RunResult,
     # the batch is split on its first dimension (3 rows too: the last shard is padded); a scalar is replicated
     assert result["input_sharding"]["input_ids"].startswith("{devices=[2,1]")
     assert result["input_sharding"]["odd"].startswith("{devices=[2,1]")
+    assert result["input_sharding"]["labels"].startswith("{devices=[2]")
+    assert result["input_sharding"]["odd_labels"].startswith("{devices=[2]")
     assert "devices=" not in result["input_sharding"]["scalar"]
     assert result["state_dict_devices"] == ["cpu"]
     assert result["checkpointed"] == (["head", "norm"] if mode == "fully_sharded_checkpointed" else [])
@@ -110,3 +112,16 @@ def test_named_layers_default_to_the_models_no_split_modules():
 def test_spmd_with_batches_the_devices_do_not_divide_equals_one_device(one_device_odd_batch: RunResult, tmp_path: Path):
     result = _spmd_run("fully_sharded_odd_batch", tmp_path)
     assert_runs_agree(one_device_odd_batch, _as_run(result), FP32_TOLERANCE)
+
+
+def test_spmd_resume_keeps_the_sharding_and_equals_one_device(one_device: RunResult, tmp_path: Path):
+    """Fully sharded, resumed from step 3: parameters and optimizer state are loaded split over the devices,
+    the run equals one device's uninterrupted one, and with dropout the SPMD uninterrupted one bit for bit."""
+    result = _spmd_run("fully_sharded_resumed", tmp_path)
+    assert_runs_agree(one_device, _as_run(result), FP32_TOLERANCE)
+    at_resume = result["sharding_at_resume"]
+    assert set(at_resume["parameters"]) == set(one_device.weights)
+    for name, spec in at_resume["parameters"].items():
+        assert spec.startswith("{devices=[2"), name
+        assert at_resume["optimizer_state"][name] == {"exp_avg": spec, "exp_avg_sq": spec}
+    assert_runs_agree(_as_run(result["dropout_full"]), _as_run(result["dropout_resumed"]), 0.0)

@@ -148,17 +148,18 @@ def test_each_optimizer_step_runs_two_graphs(tmp_path: Path):
 
 # ------------------------------------------------------------------ state and checkpoints on the CPU
 class RecordingIO(CheckpointIO):
+    """Keeps the state that reaches the IO (writes no part files)."""
+
     def __init__(self) -> None:
+        super().__init__()
         self.saved: list[dict[str, Any]] = []
 
-    def _save(self, state: dict[str, Any], path: Path) -> None:
+    def _save(self, state: dict[str, Any], staging: Any) -> dict[str, list[str]]:
         self.saved.append(state)
+        return {}
 
-    def _load(self, path: Path, map_location: Any) -> dict[str, Any]:
+    def _load(self, folder: Path, parts: dict[str, list[str]], map_location: Any) -> dict[str, Any]:
         return self.saved[-1]
-
-    def _is_complete(self, path: Path) -> bool:
-        return bool(self.saved)
 
 
 def _tensors(state: Any) -> list[torch.Tensor]:
@@ -241,16 +242,18 @@ def test_factory_gives_the_xla_strategy_bf16_mixed_precision_on_the_xla_device()
 
 
 def test_factory_picks_spmd_fully_sharded_training_for_fsdp_config_xla():
-    args = TrainingArguments(output_dir="x", report_to="none")
-    # set after validation: fsdp and fsdp_config are refused until FSDP2 (issue 8) is implemented
-    args.fsdp = ["full_shard"]
-    args.fsdp_config = {
-        "xla": True,
-        "xla_fsdp_v2": True,
-        "xla_fsdp_grad_ckpt": True,
-        "transformer_layer_cls_to_wrap": ["B"],
-    }
-    strategy = build_xla_strategy(args)  # not set up: SPMD mode would switch this whole process over
+    args = TrainingArguments(
+        output_dir="x",
+        report_to="none",
+        fsdp="full_shard",
+        fsdp_config={
+            "xla": True,
+            "xla_fsdp_v2": True,
+            "xla_fsdp_grad_ckpt": True,
+            "transformer_layer_cls_to_wrap": ["B"],
+        },
+    )
+    strategy = build_components(args).strategy  # not set up: SPMD mode would switch this whole process over
     assert isinstance(strategy, XLASPMDStrategy)
     assert strategy.shard_parameters
     assert strategy.activation_checkpointing

@@ -16,6 +16,7 @@ __all__ = [
     "MODEL_SAFETENSORS_NAME",
     "MODEL_TORCH_NAME",
     "PART_CHECKPOINT_MANAGER",
+    "PART_DEEPSPEED",
     "PART_FILE_NAMES",
     "PART_MODEL",
     "PART_OPTIMIZER",
@@ -46,6 +47,8 @@ PART_RNG = "rng"
 PART_TRAINER_STATE = "trainer_state"
 PART_TRAINING_ARGS = "training_args"
 PART_CHECKPOINT_MANAGER = "checkpoint_manager"
+# A DeepSpeed engine's own checkpoint (model, optimizer shards, loss scaler): ``global_step<N>/``, ``latest``.
+PART_DEEPSPEED = "deepspeed"
 
 MODEL_SAFETENSORS_NAME = "model.safetensors"
 MODEL_TORCH_NAME = "pytorch_model.bin"

@@ -99,7 +99,7 @@ class RemoveColumnsCollator:
 
     def _needs_filter(self, feature: Any) -> bool:
         """False when the examples' keys are all accepted (checked once per distinct key set)."""
-        if not isinstance(feature, Mapping):
+        if type(feature) is not dict and not isinstance(feature, Mapping):
             return False
         keys = frozenset(feature)
         if keys == self._seen_keys:

@@ -118,6 +118,7 @@ class FitLoop:
         if self._on_first_step is not None:
             self._on_first_step()
             self._on_first_step = None
+        self.strategy.begin_window()
         t._current_window = window
         num_items = self._num_items_tensor(window)
         window_loss: torch.Tensor | None = None
@@ -152,6 +153,8 @@ class FitLoop:
             stepped = strategy.optimizer_step(self.optimizer, t.model_wrapped)
         else:
             stepped = strategy.skip_optimizer_step(self.optimizer, t.model_wrapped)
+        if self._max_grad_norm and grad_norm is None:
+            grad_norm = strategy.step_grad_norm()  # measured (and clipped) inside the step (DeepSpeed)
         t.control = handler.on_optimizer_step(args, t.state, t.control)
         learning_rate = t._get_learning_rate()
         if stepped and not self._plateau:

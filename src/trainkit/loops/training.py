@@ -31,11 +31,14 @@ def prepare_model_and_optimizer(trainer: Trainer, num_training_steps: int) -> No
     if args.neftune_noise_alpha is not None and trainer._neftune_hook is None:
         trainer._neftune_hook = activate_neftune(trainer.model, args.neftune_noise_alpha)
     trainer._prepare_model()
+    trainer._model_facts  # noqa: B018 (parameters counted before a strategy may partition them: ZeRO-3)
     trainer.create_optimizer_and_scheduler(num_training_steps=num_training_steps)
     wrapped, optimizer, scheduler = strategy.setup_optimizers(
         trainer.model_wrapped, trainer.optimizer, trainer.lr_scheduler
     )
     trainer.model_wrapped, trainer.optimizer, trainer.lr_scheduler = wrapped, optimizer, scheduler
+    if scheduler is None:  # the strategy built the optimizer (builds_optimizer), the registry the schedule
+        trainer.create_scheduler(num_training_steps=num_training_steps, optimizer=optimizer)
     if args.torch_compile and not trainer._compiled:
         compiled = torch.compile(
             trainer.model_wrapped, backend=args.torch_compile_backend, mode=args.torch_compile_mode

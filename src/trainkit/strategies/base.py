@@ -3,7 +3,8 @@
 A Strategy owns its Precision and its CheckpointIO. The loops talk to the model only through
 these methods, so they never branch on the backend: DDP overrides ``no_backward_sync`` and the
 collectives, FSDP the state-dict methods, DeepSpeed ``backward`` and ``optimizer_step``, XLA the
-device loader and ``mark_step``. On one process every collective is a no-op.
+device loader, ``mark_step``, ``begin_window`` and ``rng_state``. On one process every collective
+is a no-op.
 """
 
 from __future__ import annotations
@@ -39,9 +40,17 @@ def _all_on(batch: dict[Any, Any], device: torch.device) -> bool:
 class Strategy(ABC):
     """Base class of every strategy; the single-process defaults live here."""
 
-    # Capability: True when each rank holds only a shard of the parameters (FSDP), so a full state
-    # dict is a collective and checkpoints must be written by every rank.
+    # Capability: True when each rank holds only a shard of the parameters (FSDP, ZeRO-3), so a full
+    # state dict is a collective and checkpoints must be written by every rank.
     shards_parameters = False
+    # Capabilities: True when ``setup_optimizers`` builds the optimizer / the scheduler from the
+    # strategy's own configuration (a DeepSpeed config's "optimizer" / "scheduler"), so the Trainer
+    # creates none from its registries.
+    builds_optimizer = False
+    builds_scheduler = False
+    # Capability: True when the precision follows the strategy's own configuration (DeepSpeed's
+    # fp16/bf16 blocks), so the arguments are checked against it instead of choosing one.
+    configures_precision = False
 
     def __init__(self, precision: Precision | None = None, checkpoint_io: CheckpointIO | None = None) -> None:
         self._precision = precision if precision is not None else Precision()
@@ -124,11 +133,18 @@ class Strategy(ABC):
         wrap (DDP) or shard (FSDP) in subclasses."""
         return self.precision.convert_module(model).to(self.root_device)
 
+    def set_training_steps(self, num_training_steps: int, num_warmup_steps: int) -> None:
+        """The length of training, known before ``setup_optimizers`` (DeepSpeed fills its scheduler's steps)."""
+
     def setup_optimizers(
         self, model: nn.Module, optimizer: Optimizer | None, scheduler: Any
     ) -> tuple[nn.Module, Optimizer | None, Any]:
-        """Connect the precision to the module and its optimizer (apex's ``amp.initialize`` needs both);
-        DeepSpeed builds its engine here."""
+        """Connect the precision to the module and its optimizer (apex's ``amp.initialize`` needs both).
+
+        DeepSpeed builds its engine here, and its optimizer / scheduler when ``builds_optimizer`` /
+        ``builds_scheduler`` (then ``optimizer`` / ``scheduler`` are None, and a None scheduler
+        returned means the caller creates the registry's on the returned optimizer).
+        """
         model, optimizer = self.precision.connect(model, optimizer)
         return model, optimizer, scheduler
 
@@ -175,11 +191,19 @@ class Strategy(ABC):
         """Skip the gradient all-reduce inside the block when ``enabled`` (no-op on one process)."""
         return NULL_CONTEXT
 
-    def clip_gradients(self, model: nn.Module, optimizer: Optimizer, max_norm: float) -> torch.Tensor:
-        """Unscale gradients, clip their global norm to ``max_norm``; return the norm before clipping."""
+    def clip_gradients(self, model: nn.Module, optimizer: Optimizer, max_norm: float) -> torch.Tensor | None:
+        """Unscale gradients, clip their global norm to ``max_norm``; return the norm before clipping.
+
+        None when the optimizer step clips instead (DeepSpeed): ``step_grad_norm`` reports the norm then.
+        """
         self._precision.unscale_gradients(optimizer)
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    def step_grad_norm(self) -> torch.Tensor | None:
+        """The global gradient norm the last ``optimizer_step`` measured itself (DeepSpeed's engine clips
+        inside its step); None for strategies whose ``clip_gradients`` returns it."""
+        return None
 
     def optimizer_step(self, optimizer: Optimizer, model: nn.Module | None = None) -> bool:
         """Step the optimizer through the precision; False when the step was skipped."""
@@ -199,6 +223,10 @@ class Strategy(ABC):
         A no-op on eager devices; XLA cuts and executes its lazily traced graph here, so that a
         host read (the loss, the gradient norm, predictions) does not trace the step twice.
         """
+
+    def begin_window(self) -> None:
+        """Called by the FitLoop before the first forward of each accumulation window (after a resume's RNG
+        restore). A no-op here; XLA puts its device generator back where the last optimizer step left it."""
 
     # -------------------------------------------------------------- collectives
     def all_reduce(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> torch.Tensor:
@@ -267,6 +295,15 @@ class Strategy(ABC):
             raise
         if optimizer is not None:
             self.load_optimizer_state_dict(optimizer, parts[PART_OPTIMIZER])
+
+    def rng_state(self) -> dict[str, Any]:
+        """Generator states of this backend beyond python's, numpy's, torch's CPU and CUDA ones (which
+        ``capture_rng_state`` holds), merged into the checkpoint's RNG part: ints and tensors only, so that it
+        loads with ``torch.load(weights_only=True)``. None here."""
+        return {}
+
+    def load_rng_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``rng_state`` returned, from the checkpoint's whole RNG part (other keys are ignored)."""
 
     def save_checkpoint(self, path: Any, state: dict[str, Any]) -> None:
         """Write a checkpoint through the CheckpointIO: from every rank when the IO is collective (each writes its

@@ -2,8 +2,10 @@
 
 torchrun (and ``python -m torch.distributed.run``, its module form) exports ``RANK``,
 ``LOCAL_RANK``, ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``, ``GROUP_RANK`` (the node's rank),
-``MASTER_ADDR`` and ``MASTER_PORT`` to every worker. trainkit ships no launcher of its own: a
-job is distributed exactly when these variables say so.
+``MASTER_ADDR`` and ``MASTER_PORT`` to every worker. DeepSpeed's launcher (``deepspeed``) exports
+``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE`` and the master address too, with ``LOCAL_SIZE`` and
+``CROSS_RANK`` for the node layout (read when torchrun's names are absent). trainkit ships no
+launcher of its own: a job is distributed exactly when these variables say so.
 """
 
 from __future__ import annotations
@@ -51,8 +53,8 @@ class ProcessEnvironment:
         world = _int(env, "WORLD_SIZE", 1)
         rank = _int(env, "RANK", 0)
         local = _int(env, "LOCAL_RANK", local_rank if local_rank >= 0 else 0)
-        local_world = _int(env, "LOCAL_WORLD_SIZE", world)
-        node = _int(env, "GROUP_RANK", _int(env, "NODE_RANK", rank // max(local_world, 1)))
+        local_world = _int(env, "LOCAL_WORLD_SIZE", _int(env, "LOCAL_SIZE", world))
+        node = _int(env, "GROUP_RANK", _int(env, "NODE_RANK", _int(env, "CROSS_RANK", rank // max(local_world, 1))))
         result = cls(rank, local, world, local_world, node, launched)
         result.check()
         return result

@@ -5,7 +5,10 @@ the device loader between batches, ``mark_step`` before the loop reads the loss 
 gradient norm) of a step, and ``optimizer_step`` after the update. Several PJRT processes
 (launched by torchrun or ``xmp.spawn``; the runtime gives the rank and the world size) each
 compute on their own device; their gradients are averaged once per optimizer step, before
-clipping. ``import trainkit`` does not import torch_xla: this module imports it when used.
+clipping. XLA's random generator is seeded at setup (``torch.manual_seed`` does not reach it)
+and put back at each accumulation window where the last optimizer step left it, so that
+checkpoints resume its numbers exactly (``begin_window``, ``rng_state``). ``import trainkit``
+does not import torch_xla: this module imports it when used.
 """
 
 from __future__ import annotations
@@ -21,18 +24,35 @@ from torch.optim import Optimizer
 from trainkit.checkpoint.io import CheckpointIO
 from trainkit.precision.base import Precision
 from trainkit.strategies.base import ReduceOp, Strategy
+from trainkit.strategies.tied_parameters import retie_parameters, tied_parameter_names
 from trainkit.strategies.xla_loader import DeviceCopies, XLADeviceLoader, send_to_xla
 from trainkit.utils.imports import require
+from trainkit.utils.logging import get_logger
 
 __all__ = ["XLAStrategy", "to_cpu"]
 
+logger = get_logger(__name__)
+
 
 def to_cpu(state: Any) -> Any:
-    """``state`` with every XLA tensor copied to the host (checkpoints are written from CPU tensors)."""
+    """``state`` with every XLA tensor copied (detached) to the host: checkpoints are written from CPU tensors.
+
+    A tensor object found under several names (a module's tied weights, from ``state_dict(keep_vars=True)``)
+    becomes one CPU tensor, so a checkpoint stores it once with aliases, as on other devices.
+    """
     import torch_xla
 
     torch_xla.sync()  # run the pending work as one graph: each copy below is then a transfer, not a graph
-    return apply_to_collection(state, torch.Tensor, lambda t: t.cpu() if t.device.type == "xla" else t)
+    copies: dict[int, torch.Tensor] = {}
+
+    def copy(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.device.type != "xla":
+            return tensor
+        if id(tensor) not in copies:
+            copies[id(tensor)] = tensor.detach().cpu()
+        return copies[id(tensor)]
+
+    return apply_to_collection(state, torch.Tensor, copy)
 
 
 class XLAStrategy(Strategy):
@@ -52,6 +72,7 @@ class XLAStrategy(Strategy):
         self._gradients_reduced = False
         self._started_process_group = False
         self._ranks: tuple[int, int, int] | None = None
+        self._window_seed: int | None = None  # the device generator's state at the start of the next window
 
     # ----------------------------------------------------------------- topology
     @property
@@ -98,6 +119,14 @@ class XLAStrategy(Strategy):
                 dist.init_process_group("xla", init_method="xla://")
                 self._started_process_group = True
         super().setup_environment()
+        self._set_window_seed(torch.initial_seed())  # torch.manual_seed (set_seed) does not reach XLA's generator
+
+    def setup_module(self, model: nn.Module) -> nn.Module:
+        """Convert for the precision and move to the device, keeping tied parameters tied (the move unties them)."""
+        tied = tied_parameter_names(model)
+        model = super().setup_module(model)
+        retie_parameters(model, tied)
+        return model
 
     def process_dataloader(self, dataloader: Any) -> XLADeviceLoader:
         """The device loader: host batches, each sent to the device ahead, a step marked between batches."""
@@ -123,7 +152,7 @@ class XLAStrategy(Strategy):
 
         torch_xla.sync()
 
-    def clip_gradients(self, model: nn.Module, optimizer: Optimizer, max_norm: float) -> torch.Tensor:
+    def clip_gradients(self, model: nn.Module, optimizer: Optimizer, max_norm: float) -> torch.Tensor | None:
         """Average the gradients over the processes first: the norm is the global gradient's."""
         self._reduce_gradients(optimizer)
         return super().clip_gradients(model, optimizer, max_norm)
@@ -149,8 +178,29 @@ class XLAStrategy(Strategy):
             self._gradients_reduced = True
 
     def _end_step(self) -> None:
+        import torch_xla.core.xla_model as xm
+
         self._gradients_reduced = False
         self.mark_step()
+        self._device_copies.discard_handed_out()  # batches read but not moved: skipped on resume (IterableDataset)
+        self._window_seed = int(xm.get_rng_state(self.root_device))  # a host value: no device wait
+
+    def begin_window(self) -> None:
+        """Put the device generator back where the last optimizer step left it (or the setup seed).
+
+        Every step mark advances XLA's generator, and logging, evaluation and saving add step marks
+        between windows; re-seeding here makes a window's random numbers depend only on the steps
+        before it, so a run resumed from a checkpoint (which holds this seed) draws what the
+        uninterrupted run draws.
+        """
+        if self._window_seed is not None:
+            self._set_window_seed(self._window_seed)
+
+    def _set_window_seed(self, seed: int) -> None:
+        import torch_xla.core.xla_model as xm
+
+        self._window_seed = seed
+        xm.set_rng_state(seed, self.root_device)
 
     # -------------------------------------------------------------- collectives
     def all_reduce(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> torch.Tensor:
@@ -203,13 +253,34 @@ class XLAStrategy(Strategy):
 
     # -------------------------------------------------------------------- state
     def model_state_dict(self, model: nn.Module) -> dict[str, Any]:
-        """The user's module's state dict with its tensors on the CPU (sharded ones gathered whole)."""
-        state: dict[str, Any] = to_cpu(super().model_state_dict(model))
+        """The user's module's state dict with its tensors on the CPU (sharded ones gathered whole, tied ones
+        shared: XLA tensors have no storage that would tell)."""
+        state: dict[str, Any] = to_cpu(self.unwrap_model(model).state_dict(keep_vars=True))
         return state
 
     def optimizer_state_dict(self, optimizer: Optimizer) -> dict[str, Any]:
         state: dict[str, Any] = to_cpu(optimizer.state_dict())
         return state
+
+    def rng_state(self) -> dict[str, Any]:
+        """``{"xla": seed}``: the device generator's state at the start of the next window (a host int)."""
+        if self._window_seed is None:
+            import torch_xla
+            import torch_xla.core.xla_model as xm
+
+            torch_xla.sync()  # pending random ops would leave a state that the next step mark moves on
+            return {"xla": int(xm.get_rng_state(self.root_device))}
+        return {"xla": self._window_seed}
+
+    def load_rng_state(self, state: dict[str, Any]) -> None:
+        """Seed the device generator from the checkpoint's ``xla`` entry (a warning when it has none)."""
+        if "xla" not in state:
+            logger.warning(
+                "the checkpoint's RNG state holds no XLA generator state (saved on another device?): the random "
+                "numbers on the XLA device (dropout) differ from the uninterrupted run's"
+            )
+            return
+        self._set_window_seed(int(state["xla"]))
 
     def save_checkpoint(self, path: Any, state: dict[str, Any]) -> None:
         """Write ``state`` with its tensors moved to the CPU first (every process moves; rank 0 writes)."""

@@ -27,17 +27,31 @@ class DeviceCopies:
 
     def __init__(self) -> None:
         self._copies: dict[int, tuple[Any, Any]] = {}  # the host batch is held so its id stays unique
+        self._handed_out: set[int] = set()
 
     def put(self, host: Any, device_copy: Any) -> None:
         self._copies[id(host)] = (host, device_copy)
 
+    def hand_out(self, host: Any) -> None:
+        """``host`` goes to the loop: its copy is taken now or never (a batch skipped on resume)."""
+        self._handed_out.add(id(host))
+
     def take(self, host: Any) -> Any:
         """The device copy of ``host`` (removed from here), or None when none was sent."""
+        self._handed_out.discard(id(host))
         entry = self._copies.pop(id(host), None)
         return entry[1] if entry is not None else None
 
     def discard(self, host: Any) -> None:
+        self._handed_out.discard(id(host))
         self._copies.pop(id(host), None)
+
+    def discard_handed_out(self) -> None:
+        """Drop the copies of batches the loop received but never moved (their device memory), keeping those
+        sent ahead; called after each optimizer step, when every batch of the window has been moved."""
+        for key in self._handed_out:
+            self._copies.pop(key, None)
+        self._handed_out.clear()
 
     def __len__(self) -> int:
         return len(self._copies)
@@ -104,7 +118,9 @@ class XLADeviceLoader:
                 if not ahead:
                     return
                 torch_xla.sync()  # the step mark: what the previous batch traced runs as one graph
-                yield ahead.popleft()
+                host = ahead.popleft()
+                self._copies.hand_out(host)
+                yield host
         finally:
             for host in ahead:  # an epoch left early: drop the copies nobody will take
                 self._copies.discard(host)

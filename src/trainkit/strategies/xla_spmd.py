@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import nn
+from torch.optim import Optimizer
 
 from trainkit.checkpoint.io import CheckpointIO
 from trainkit.precision.base import Precision
@@ -39,8 +40,22 @@ def partition_spec(shape: Sequence[int]) -> tuple[str | None, ...]:
     return tuple(spec)
 
 
-def _batch_spec(ndim: int) -> tuple[str | None, ...]:
-    return ("fsdp",) + (None,) * (ndim - 1)
+def _sent_spec(spec: tuple[str | None, ...]) -> tuple[tuple[str, ...] | None, ...]:
+    """``spec`` with the ``fsdp`` dimension split over both mesh axes, for a sharded transfer.
+
+    ``tensor`` has size 1, so the sharding is the same; torch_xla 2.9's ``ShardingSpec`` (what a
+    sharded transfer takes) fails on a one-dimensional tensor split over ``fsdp`` alone ("too many
+    indices"), which ``mark_sharding`` accepts.
+    """
+    return tuple(AXES if axis == "fsdp" else None for axis in spec)
+
+
+def _batch_spec(ndim: int) -> tuple[tuple[str, ...] | None, ...]:
+    return _sent_spec(("fsdp",) + (None,) * (ndim - 1))
+
+
+def _is_host_tensor_of_shape(value: Any, shape: tuple[int, ...] | None) -> bool:
+    return isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.ndim > 0 and value.shape == shape
 
 
 class XLASPMDStrategy(XLAStrategy):
@@ -170,6 +185,40 @@ class XLASPMDStrategy(XLAStrategy):
                 f"{type(model).__name__}"
             )
         return layers
+
+    # -------------------------------------------------------------------- state
+    def load_optimizer_state_dict(self, optimizer: Optimizer, state: dict[str, Any]) -> None:
+        """Optimizer state sent to the devices split like its parameters when they are sharded.
+
+        torch's ``load_state_dict`` would copy each tensor whole to every device (replicated), so a
+        resumed run would hold the full optimizer state per device until its first step.
+        """
+        if self.shard_parameters:
+            state = {**state, "state": self._split_like_parameters(optimizer, state)}
+        super().load_optimizer_state_dict(optimizer, state)
+
+    def _split_like_parameters(self, optimizer: Optimizer, state: dict[str, Any]) -> dict[Any, Any]:
+        """The per-parameter state, each tensor of its parameter's shape sent to the devices split as the
+        parameter; other entries (``step``, factored statistics) are left to torch's ``load_state_dict``."""
+        import torch_xla.core.xla_model as xm
+        import torch_xla.distributed.spmd as xs
+
+        shapes = {
+            saved_id: tuple(param.shape)
+            for saved, group in zip(state["param_groups"], optimizer.param_groups)
+            for saved_id, param in zip(saved["params"], group["params"])
+        }
+        placed: dict[Any, Any] = {}
+        for index, entry in state["state"].items():
+            shape = shapes.get(index)
+            names = [name for name, value in entry.items() if _is_host_tensor_of_shape(value, shape)]
+            if not names:
+                placed[index] = entry
+                continue
+            spec = xs.ShardingSpec(self.mesh, _sent_spec(partition_spec(entry[names[0]].shape)))
+            sent = xm.send_cpu_data_to_device([entry[name] for name in names], self.root_device, spec)
+            placed[index] = {**entry, **dict(zip(names, sent))}
+        return placed
 
     def _send(self, batch: Any) -> Any:
         moved = send_to_xla(batch, self.root_device, self._input_spec)

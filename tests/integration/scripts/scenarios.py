@@ -108,6 +108,25 @@ def _failing_io(rank: int, step: int) -> Any:
     return FailingIO()
 
 
+class NanLossAt(TrainerCallback):
+    """Make one rank's loss NaN during one optimizer step (the whole window): every rank must skip that step."""
+
+    def __init__(self, model: Any, rank: int, step: int) -> None:
+        self.rank, self.step, self.active = rank, step, False
+        model.register_forward_hook(self._poison)
+
+    def _poison(self, module: Any, inputs: Any, output: Any) -> Any:
+        if self.active and isinstance(output, dict) and "loss" in output:
+            return {**output, "loss": output["loss"] * float("nan")}
+        return output
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.active = state.global_step + 1 == self.step and int(os.environ.get("RANK", 0)) == self.rank
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.active = False
+
+
 def _check_main_process_first(args: TrainingArguments, folder: Path) -> bool | None:
     """Whether the main process's block ran first (None on the main process itself)."""
     marker = folder / "main_first.marker"
@@ -135,8 +154,10 @@ def run_scenario(spec: dict[str, Any], output: str | Path) -> dict[str, Any]:
     folder = Path(output) / spec["name"] / node  # several "nodes" on one machine: each its own output_dir
     folder.mkdir(parents=True, exist_ok=True)
     args = TrainingArguments(output_dir=str(folder), **spec["args"])
+    if spec.get("deepspeed") is not None:
+        args.deepspeed = spec["deepspeed"]
     main_first = _check_main_process_first(args, folder) if spec.get("main_process_first") else None
-    if spec.get("resume_from"):  # a copy of another run's checkpoints, cut back to the one to resume from
+    if isinstance(spec.get("resume_from"), dict):  # a copy of another run's checkpoints, cut back to one
         source = Path(output) / spec["resume_from"]["name"] / node
         _copy_checkpoints(args, source, folder, spec["resume_from"]["step"], bool(node))
     model = MODELS[spec.get("model", "token")](dropout=spec.get("dropout", 0.0))
@@ -146,7 +167,9 @@ def run_scenario(spec: dict[str, Any], output: str | Path) -> dict[str, Any]:
     elif other_ranks == "different_weights":
         model = MODELS[spec.get("model", "token")](seed=1)
     compute_metrics, preprocess = _metrics(spec.get("metrics"))
-    callbacks = [FailAt(**spec["fail"])] if spec.get("fail") else []
+    callbacks: list[Any] = [FailAt(**spec["fail"])] if spec.get("fail") else []
+    if spec.get("nan_loss"):
+        callbacks.append(NanLossAt(model, **spec["nan_loss"]))
     trainer = Trainer(
         model,
         args,
@@ -161,7 +184,11 @@ def run_scenario(spec: dict[str, Any], output: str | Path) -> dict[str, Any]:
         torch.manual_seed(spec["per_rank_seed"] + trainer.strategy.global_rank)
     result: dict[str, Any] = {}
     if spec["task"] == "train":
-        result["train_metrics"] = trainer.train(resume_from_checkpoint=bool(spec.get("resume_from"))).metrics
+        # a string names a checkpoint folder relative to the output folder; any other value (the harness's
+        # description of the run whose checkpoints were copied there) means its newest checkpoint
+        resume = spec.get("resume_from")
+        resume = str(Path(output) / resume) if isinstance(resume, str) else bool(resume) or None
+        result["train_metrics"] = trainer.train(resume_from_checkpoint=resume).metrics
         result["log_history"] = trainer.state.log_history
         result["state"] = trainer.strategy.model_state_dict(trainer.model_wrapped)
         if spec.get("save_model"):
@@ -185,6 +212,11 @@ def run_scenario(spec: dict[str, Any], output: str | Path) -> dict[str, Any]:
         "main_first": main_first,
         "fsdp_units": sum(type(m).__name__.startswith("FSDP") for m in trainer.model.modules()),
         "scaler": type(getattr(trainer.precision, "scaler", None)).__name__,
+        "precision": trainer.precision.name,
+        "optimizer": type(trainer.optimizer).__name__,
+        "scheduler": type(trainer.lr_scheduler).__name__,
+        "best_model_checkpoint": trainer.state.best_model_checkpoint,
+        "checkpoints": sorted(p.name for p in folder.glob("checkpoint-*")),
     }
     return result
 
@@ -193,6 +225,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("spec")
     parser.add_argument("--output", required=True)
+    parser.add_argument("--local_rank", type=int, default=-1)  # the deepspeed launcher passes it
     opts = parser.parse_args()
     spec = json.loads(Path(opts.spec).read_text())
     strategies = []
