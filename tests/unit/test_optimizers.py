@@ -85,6 +85,14 @@ def test_groups_hold_trainable_parameters_with_transformers_layout():
     assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.05, 0.0)
 
 
+def test_without_weight_decay_one_group_holds_every_trainable_parameter():
+    model = TinyModel()
+    (group,) = build_param_groups(model, 0.0)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert names_of(model, group["params"]) == trainable
+    assert group["weight_decay"] == 0.0
+
+
 def test_norm_detection_by_type_and_by_class_name():
     for module in (nn.LayerNorm(3), nn.RMSNorm(3), nn.GroupNorm(1, 3), nn.BatchNorm1d(3), nn.InstanceNorm2d(3)):
         assert is_normalization_module(module)
@@ -271,7 +279,7 @@ def test_user_optimizer_is_selected_by_name_with_its_optim_args(user_optimizer: 
     args = make_args(optim="test_my_sgd", optim_args="momentum=0.5,tag=x", learning_rate=0.2)
     optimizer = create_optimizer(TinyModel(), args)
     assert user_optimizer == [{"momentum": 0.5, "tag": "x"}]
-    assert [g["lr"] for g in optimizer.param_groups] == [0.2, 0.2]
+    assert [g["lr"] for g in optimizer.param_groups] == [0.2]  # weight_decay 0: one group
 
 
 def test_user_optimizer_from_the_command_line(user_optimizer: list[dict[str, Any]]):

@@ -43,13 +43,18 @@ def get_decay_parameter_names(model: nn.Module) -> list[str]:
 def build_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """transformers' two groups of trainable parameters: ``[decay (weight_decay), no decay (0.0)]``.
 
-    Both groups are always present (one may be empty), so optimizer checkpoints have transformers'
-    layout. A model without trainable parameters is an error.
+    Both groups are present (one may be empty) whenever ``weight_decay`` is not 0. With
+    ``weight_decay == 0`` (transformers' default) the two groups would have the same
+    hyperparameters, and every trainable parameter goes into one group: the same updates, one
+    pass of the optimizer's per-group work instead of two (15 us per step of a small model on
+    CPU, ``benchmarks/loop_overhead.py``). A model without trainable parameters is an error.
     """
     decay = set(get_decay_parameter_names(model))
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if not trainable:
         raise ValueError(f"{type(model).__name__} has no trainable parameters (all have requires_grad=False)")
+    if weight_decay == 0:
+        return [{"params": [p for _, p in trainable], "weight_decay": 0.0}]
     return [
         {"params": [p for name, p in trainable if name in decay], "weight_decay": weight_decay},
         {"params": [p for name, p in trainable if name not in decay], "weight_decay": 0.0},
