@@ -10,11 +10,12 @@ builds it as transformers does: ``lr=learning_rate, scale_parameter=False, relat
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch.optim import Optimizer
+
+from trainkit.optim.per_parameter import PerParameterOptimizer
 
 __all__ = ["Adafactor"]
 
@@ -23,7 +24,7 @@ def _rms(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.norm(2) / (tensor.numel() ** 0.5)
 
 
-class Adafactor(Optimizer):
+class Adafactor(PerParameterOptimizer):
     """Adafactor (Shazeer & Stern, 2018) as in transformers and fairseq; see the module docstring."""
 
     def __init__(
@@ -68,18 +69,6 @@ class Adafactor(Optimizer):
         if group["scale_parameter"]:
             return torch.clamp(torch.as_tensor(param_rms), min=group["eps"][1]) * size
         return size
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is not None:
-                    self._update(param, group)
-        return loss
 
     def _update(self, param: torch.Tensor, group: dict[str, Any]) -> None:
         assert param.grad is not None

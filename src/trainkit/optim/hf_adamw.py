@@ -8,16 +8,17 @@ is applied after the Adam update (to the updated weights), not before it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch.optim import Optimizer
+
+from trainkit.optim.per_parameter import PerParameterOptimizer
 
 __all__ = ["HFAdamW"]
 
 
-class HFAdamW(Optimizer):
+class HFAdamW(PerParameterOptimizer):
     """AdamW with transformers' legacy update order; ``correct_bias=False`` drops the bias correction (BERT)."""
 
     def __init__(
@@ -38,18 +39,6 @@ class HFAdamW(Optimizer):
             raise ValueError(f"HFAdamW: eps must be >= 0, got {eps}")
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "correct_bias": correct_bias}
         super().__init__(params, defaults)
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is not None:
-                    self._update(param, group)
-        return loss
 
     def _update(self, param: torch.Tensor, group: dict[str, Any]) -> None:
         grad = param.grad
